@@ -1,0 +1,190 @@
+"""Turn samples into padded image batches of a few fixed shapes.
+
+On this CPU a convolution with a shape not seen before costs seconds to prepare, so every batch is
+padded to one of a small set of (height, width) buckets with a fixed batch size per bucket. An
+epoch is planned up front from a seed: the same (seed, epoch) always gives the same batches with
+the same augmentation, which is what makes ``--resume`` continue exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hmer.data.augment import InkAugment
+from hmer.data.dataset import Sample
+from hmer.data.render import SYMBOL_PX, RenderStyle, _draw, ink_symbol_size, place_traces
+from hmer.data.vocab import Vocab
+
+
+@dataclass
+class BucketSpec:
+    heights: tuple[int, ...] = tuple(range(64, 257, 32))
+    widths: tuple[int, ...] = tuple(range(128, 1025, 64))
+    pixels_per_batch: int = 16 * 96 * 320
+    max_batch: int = 32
+    min_batch: int = 2
+
+    def bucket(self, height: int, width: int) -> tuple[int, int]:
+        h = next((b for b in self.heights if b >= height), self.heights[-1])
+        w = next((b for b in self.widths if b >= width), self.widths[-1])
+        return h, w
+
+    def batch_size(self, h: int, w: int) -> int:
+        return int(np.clip(self.pixels_per_batch // (h * w), self.min_batch, self.max_batch))
+
+
+@dataclass
+class RenderAugment:
+    """Random rendering choices: symbol size, line width, anti-aliasing, margins."""
+
+    scale: tuple[float, float] = (0.7, 1.4)
+    line_width: tuple[float, float] = (1.5, 4.0)
+    antialias_p: float = 0.5
+    padding: tuple[int, int] = (2, 16)
+
+
+@dataclass
+class Plan:
+    """How one sample is drawn: placed traces, canvas size and stroke style."""
+
+    traces: list[np.ndarray]
+    width: int
+    height: int
+    style: RenderStyle
+
+
+def plan_render(
+    traces: list[np.ndarray],
+    rng: np.random.Generator | None,
+    spec: BucketSpec,
+    ink_aug: InkAugment | None = None,
+    render_aug: RenderAugment | None = None,
+) -> Plan:
+    """Decide how to draw a sample (with augmentation when ``rng`` is given), without drawing."""
+    if rng is not None and ink_aug is not None:
+        traces = ink_aug(traces, rng)
+    symbol_px = SYMBOL_PX
+    style = RenderStyle()
+    padding: int | tuple[int, int, int, int] = 8
+    if rng is not None and render_aug is not None:
+        lo, hi = np.log(render_aug.scale)
+        symbol_px *= float(np.exp(rng.uniform(lo, hi)))
+        style = RenderStyle(
+            line_width=float(rng.uniform(*render_aug.line_width)),
+            antialias=bool(rng.random() < render_aug.antialias_p),
+        )
+        padding = tuple(
+            int(v) for v in rng.integers(render_aug.padding[0], render_aug.padding[1] + 1, 4)
+        )
+    scale = symbol_px / ink_symbol_size(traces)
+    placed, width, height = place_traces(traces, scale, padding)
+    max_h, max_w = spec.heights[-1], spec.widths[-1]
+    if height > max_h or width > max_w:  # too big for the largest bucket: shrink to fit
+        f = min((max_h - 2) / height, (max_w - 2) / width)
+        placed, width, height = place_traces(traces, scale * f, 4)
+        width, height = min(width, max_w), min(height, max_h)
+    return Plan(placed, width, height, style)
+
+
+def draw_plan(plan: Plan) -> np.ndarray:
+    return _draw(plan.traces, plan.width, plan.height, plan.style)
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches of one epoch (for a DataLoader worker)."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        vocab: Vocab,
+        spec: BucketSpec,
+        epoch: int,
+        seed: int,
+        augment: bool = True,
+        ink_aug: InkAugment | None = None,
+        render_aug: RenderAugment | None = None,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self.samples, self.vocab, self.spec = samples, vocab, spec
+        self.augment = augment
+        self.ink_aug = ink_aug or InkAugment()
+        self.render_aug = render_aug or RenderAugment()
+        self.seed, self.epoch = seed, epoch
+        self.batches = self._plan(shuffle, rank, world)
+
+    def _rng(self, index: int) -> np.random.Generator | None:
+        if not self.augment:
+            return None
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _plan(
+        self, shuffle: bool, rank: int, world: int
+    ) -> list[tuple[tuple[int, int], list[int]]]:
+        order = np.arange(len(self.samples))
+        if shuffle:
+            np.random.default_rng([self.seed, self.epoch, 10**6]).shuffle(order)
+        open_: dict[tuple[int, int], list[int]] = {}
+        batches = []
+        for i in order:
+            p = plan_render(
+                self.samples[i].traces, self._rng(int(i)), self.spec, self.ink_aug, self.render_aug
+            )
+            key = self.spec.bucket(p.height, p.width)
+            items = open_.setdefault(key, [])
+            items.append(int(i))
+            if len(items) == self.spec.batch_size(*key):
+                batches.append((key, items))
+                open_[key] = []
+        for key, items in open_.items():  # fill the last batch of a bucket by repeating its items
+            if items:
+                n = self.spec.batch_size(*key) if shuffle else len(items)
+                batches.append((key, (items * n)[:n]))
+        if world > 1:  # every rank gets the same number of batches
+            per = len(batches) // world
+            batches = batches[rank * per : (rank + 1) * per]
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict:
+        (h, w), items = self.batches[k]
+        images = np.zeros((len(items), 1, h, w), np.float32)
+        masks = np.ones((len(items), h, w), bool)  # True = padding
+        for j, i in enumerate(items):
+            plan = plan_render(
+                self.samples[i].traces, self._rng(i), self.spec, self.ink_aug, self.render_aug
+            )
+            img = draw_plan(plan)
+            ih, iw = img.shape
+            images[j, 0, :ih, :iw] = img / 255.0
+            masks[j, :ih, :iw] = False
+        tokens = [self.vocab.encode(self.samples[i].tokens) for i in items]
+        return {
+            "inputs": torch.from_numpy(images),
+            "masks": torch.from_numpy(masks),
+            "tokens": tokens,
+            "ids": [self.samples[i].id for i in items],
+        }
+
+
+def pad_images(
+    images: list[np.ndarray], spec: BucketSpec | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack uint8 images (ink high) into a zero-padded float batch and its padding mask."""
+    h = max(i.shape[0] for i in images)
+    w = max(i.shape[1] for i in images)
+    if spec is not None:
+        h, w = spec.bucket(h, w)
+        h, w = max(h, max(i.shape[0] for i in images)), max(w, max(i.shape[1] for i in images))
+    x = torch.zeros(len(images), 1, h, w)
+    mask = torch.ones(len(images), h, w, dtype=torch.bool)
+    for j, img in enumerate(images):
+        x[j, 0, : img.shape[0], : img.shape[1]] = torch.from_numpy(img.astype(np.float32) / 255.0)
+        mask[j, : img.shape[0], : img.shape[1]] = False
+    return x, mask

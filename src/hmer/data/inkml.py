@@ -1,0 +1,173 @@
+"""Read CROHME InkML: pen traces, LaTeX truth and symbol segmentation.
+
+XML is parsed with defusedxml, so entity expansion and external entities are refused: InkML also
+arrives from users over the network.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from defusedxml import ElementTree
+from defusedxml.common import DefusedXmlException
+
+MAX_INKML_BYTES = 20_000_000
+
+
+class InkMLError(ValueError):
+    """An InkML document that cannot be read; the message names the source."""
+
+
+@dataclass
+class Symbol:
+    """One segmented symbol: its label and the indices of the traces that form it."""
+
+    label: str
+    trace_ids: list[str]
+
+
+@dataclass
+class Ink:
+    """Pen strokes of one expression.
+
+    ``traces`` holds one float32 array of shape (n_points, 2 or 3) per stroke: x, y, maybe t,
+    with y growing downwards as in the source files.
+    """
+
+    traces: list[np.ndarray]
+    truth: str | None = None
+    symbols: list[Symbol] = field(default_factory=list)
+    trace_ids: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(x_min, y_min, x_max, y_max) over all points."""
+        pts = np.concatenate([t[:, :2] for t in self.traces])
+        return (
+            float(pts[:, 0].min()),
+            float(pts[:, 1].min()),
+            float(pts[:, 0].max()),
+            float(pts[:, 1].max()),
+        )
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_trace(text: str) -> np.ndarray:
+    """Parse the text of a ``<trace>``: points separated by commas, channels by whitespace."""
+    rows = []
+    for chunk in text.strip().split(","):
+        values = _NUMBER.findall(chunk)
+        if values:
+            rows.append([float(v) for v in values])
+    if not rows:
+        return np.zeros((0, 2), np.float32)
+    width = min(len(r) for r in rows)
+    if width < 2:
+        raise ValueError("a trace point has fewer than two coordinates")
+    width = min(width, 3)
+    return np.asarray([r[:width] for r in rows], dtype=np.float32)
+
+
+def _decode(data: bytes) -> str:
+    # Some CROHME files (MfrDB0104) are ISO-8859-1 although they declare nothing: fall back to it.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def parse_inkml(data: bytes | str, source: str = "<memory>") -> Ink:
+    """Parse an InkML document (bytes or text) into :class:`Ink`.
+
+    Raises :class:`InkMLError` naming ``source`` for empty, malformed, hostile or traceless input.
+    """
+    if isinstance(data, bytes):
+        if len(data) > MAX_INKML_BYTES:
+            raise InkMLError(f"{source}: InkML larger than {MAX_INKML_BYTES} bytes")
+        data = _decode(data)
+    if not data.strip():
+        raise InkMLError(f"{source}: empty InkML file")
+    # Drop the XML declaration: it may name an encoding that no longer applies to decoded text.
+    data = re.sub(r"^\s*<\?xml[^>]*\?>", "", data)
+    try:
+        root = ElementTree.fromstring(data, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise InkMLError(f"{source}: refused unsafe XML ({type(exc).__name__})") from exc
+    except ElementTree.ParseError as exc:
+        raise InkMLError(f"{source}: malformed XML ({exc})") from exc
+
+    traces: list[np.ndarray] = []
+    trace_ids: list[str] = []
+    truth = None
+    for child in root:
+        tag = _local(child.tag)
+        if tag == "trace":
+            try:
+                pts = parse_trace(child.text or "")
+            except ValueError as exc:
+                raise InkMLError(f"{source}: bad trace {child.get('id')!r}: {exc}") from exc
+            if len(pts):
+                traces.append(pts)
+                trace_ids.append(child.get("id", str(len(trace_ids))))
+        elif tag == "annotation" and child.get("type") == "truth" and truth is None:
+            truth = (child.text or "").strip()
+    if not traces:
+        raise InkMLError(f"{source}: no pen traces")
+
+    symbols: list[Symbol] = []
+    for group in root.iter():
+        if _local(group.tag) != "traceGroup":
+            continue
+        label = None
+        refs = []
+        for child in group:
+            tag = _local(child.tag)
+            if tag == "annotation" and child.get("type") == "truth":
+                label = (child.text or "").strip()
+            elif tag == "traceView":
+                refs.append(child.get("traceDataRef", ""))
+        if label is not None and refs:
+            symbols.append(Symbol(label, refs))
+    return Ink(traces, truth, symbols, trace_ids, source)
+
+
+def read_inkml(path: str | Path) -> Ink:
+    """Read an InkML file; errors name the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_INKML_BYTES:
+            raise InkMLError(f"{path}: InkML larger than {MAX_INKML_BYTES} bytes")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InkMLError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return parse_inkml(data, str(path))
+
+
+def strokes_to_ink(strokes: list[list[list[float]]], source: str = "<strokes>") -> Ink:
+    """Build :class:`Ink` from JSON-like strokes: a list of strokes, each a list of [x, y(, t)]."""
+    traces = []
+    for i, stroke in enumerate(strokes):
+        try:
+            arr = np.asarray(stroke, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InkMLError(f"{source}: stroke {i} is not a list of numeric points") from exc
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] not in (2, 3):
+            raise InkMLError(
+                f"{source}: stroke {i} must be a non-empty list of [x, y] or [x, y, t]"
+            )
+        if not np.isfinite(arr).all():
+            raise InkMLError(f"{source}: stroke {i} has non-finite coordinates")
+        traces.append(arr)
+    if not traces:
+        raise InkMLError(f"{source}: empty drawing (no strokes)")
+    return Ink(traces, source=source)

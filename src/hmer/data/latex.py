@@ -1,0 +1,602 @@
+"""LaTeX tokens as the CROHME captions write them: tokenize, normalize, check and repair.
+
+The captions of the published systems (WAP, BTTR, CoMER...) follow a few conventions: one token per
+character or command, every sub/superscript and command argument braced, subscript before
+superscript, no bare groups, no spacing or font commands, ``<`` rather than ``\\lt``, ``\\limits``
+kept only on ``\\int``. :func:`normalize_tokens` maps a raw InkML truth to those conventions;
+:func:`normalize_prediction` applies the same mapping to model output. Both only rewrite spellings
+that render identically, so they never turn a wrong answer into a right one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# Spellings with one caption equivalent (several tokens when a list).
+ALIASES: dict[str, list[str]] = {
+    r"\lt": ["<"],
+    r"\gt": [">"],
+    r"\le": [r"\leq"],
+    r"\leqslant": [r"\leq"],
+    r"\ge": [r"\geq"],
+    r"\geqslant": [r"\geq"],
+    r"\ne": [r"\neq"],
+    r"\to": [r"\rightarrow"],
+    r"\lbrack": ["["],
+    r"\rbrack": ["]"],
+    r"\lbrace": [r"\{"],
+    r"\rbrace": [r"\}"],
+    r"\vert": ["|"],
+    r"\mid": ["|"],
+    r"\|": ["|", "|"],
+    r"\parallel": ["|", "|"],  # written as two bars; the captions spell it so
+    r"\dots": [r"\ldots"],
+    r"\dotsc": [r"\ldots"],
+    r"\dotsb": [r"\cdots"],
+    r"\cdotp": [r"\cdot"],
+    r"\centerdot": [r"\cdot"],
+    r"\ast": ["*"],
+    r"\colon": [":"],
+    r"\lparen": ["("],
+    r"\rparen": [")"],
+}
+
+# Commands that render nothing visible: spacing, size and style switches.
+DROPPED = frozenset(
+    r"""\! \, \: \; \> \quad \qquad \displaystyle \textstyle \scriptstyle \nolimits
+    \left \right \big \Big \bigg \Bigg \bigl \bigr \Bigl \Bigr \biggl \biggr \Biggl \Biggr
+    \middle \rm \it \mathstrut \strut \relax""".split()  # noqa: SIM905
+) | {"\\ ", "\\\n", "\\\t"}  # backslash + space, newline or tab: a space
+
+# Font / text wrappers whose argument is kept as plain tokens.
+WRAPPERS = frozenset(
+    r"""\mbox \mathrm \text \textrm \textit \mathit \mathnormal \hbox \operatorname""".split()  # noqa: SIM905
+)
+
+# Commands with a fixed number of braced arguments (\sqrt also takes an optional [n]).
+ARITY = {r"\frac": 2, r"\sqrt": 1}
+FRACS = {r"\dfrac": r"\frac", r"\tfrac": r"\frac"}
+
+_RAW_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\\$|\S", re.S)
+SCRIPTS = ("_", "^")
+
+
+def tokenize(latex: str) -> list[str]:
+    """Split LaTeX into tokens: ``\\command``, ``\\`` plus one symbol, or one character.
+
+    Letters and digits become one token each, as in the captions. Never raises.
+    """
+    return _RAW_TOKEN.findall(latex or "")
+
+
+def detokenize(tokens: Iterable[str], compact: bool = False) -> str:
+    """Join tokens back into LaTeX.
+
+    The default is the captions' space-separated form (``tokenize`` inverts it). With ``compact``
+    spaces are kept only where LaTeX needs them (after a letter command before a letter).
+    """
+    tokens = [str(t) for t in tokens]
+    if not compact:
+        return " ".join(tokens)
+    out: list[str] = []
+    for i, tok in enumerate(tokens):
+        if i and re.fullmatch(r"\\[A-Za-z]+", tokens[i - 1]) and re.match(r"[A-Za-z]", tok):
+            out.append(" ")
+        out.append(tok)
+    return "".join(out)
+
+
+def _split_fused(tok: str) -> list[str]:
+    # Some raw truths glue \lt or \gt to the next letter ("M\ltN"). Longer commands are left
+    # alone: \neg, \inf or \sinh are real commands, not \ne g, \in f or \sin h.
+    m = re.fullmatch(r"(\\[lg]t)([A-Za-z])", tok)
+    return [m.group(1), m.group(2)] if m else [tok]
+
+
+def _map_tokens(tokens: Iterable[str]) -> list[str]:
+    """Token-level rewriting: aliases, dropped commands, ``\\left.``-style null delimiters."""
+    out: list[str] = []
+    tokens = list(tokens)
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if tok == "$":
+            continue
+        if tok in DROPPED:
+            # \left. and \right. are invisible delimiters: drop the dot with the command.
+            if tok in (r"\left", r"\right", r"\middle") and i < len(tokens) and tokens[i] == ".":
+                i += 1
+            continue
+        if tok in ALIASES:
+            out.extend(ALIASES[tok])
+        elif tok in FRACS:
+            out.append(FRACS[tok])
+        else:
+            out.append(tok)
+    return out
+
+
+class _Unbalanced(ValueError):
+    pass
+
+
+class _TooDeep(_Unbalanced):
+    """Nesting beyond MAX_DEPTH: handled without the recursive parser (hostile input)."""
+
+
+# Deeper nesting than any real expression; keeps the recursive parser far from Python's limit.
+MAX_DEPTH = 100
+
+
+@dataclass
+class _Node:
+    kind: str  # "atom", "group", "cmd" or "script"
+    tok: str = ""
+    children: list[_Node] = field(default_factory=list)  # group content
+    args: list[list[_Node]] = field(default_factory=list)  # command arguments
+    opt: list[_Node] | None = None  # the [n] of \sqrt
+    base: _Node | None = None
+    scripts: list[tuple[str, list[_Node]]] = field(default_factory=list)  # ("_" or "^", arg)
+    limits: bool = False
+
+
+class _Parser:
+    r"""Recursive-descent parser over mapped tokens.
+
+    ``strict`` raises :class:`_Unbalanced` on unbalanced braces or missing arguments (used for
+    predictions, which normalization must not repair); otherwise it recovers as best it can and
+    also reads the ``\sqrt{x} ABOVE {n}`` notation of some CROHME 2014 truths.
+    """
+
+    def __init__(self, tokens: list[str], strict: bool):
+        self.toks = tokens
+        self.i = 0
+        self.strict = strict
+        self.depth = 0
+
+    def peek(self, k: int = 0) -> str | None:
+        j = self.i + k
+        return self.toks[j] if j < len(self.toks) else None
+
+    def seq(self, closer: str | None) -> list[_Node]:
+        """Items up to ``closer`` (None: the end), which is consumed."""
+        nodes: list[_Node] = []
+        while True:
+            tok = self.peek()
+            if tok is None:
+                if closer is not None and self.strict:
+                    raise _Unbalanced(f"missing {closer}")
+                return nodes
+            if tok == closer:
+                self.i += 1
+                return nodes
+            if tok == "}":  # stray closing brace
+                if self.strict:
+                    raise _Unbalanced("unmatched }")
+                self.i += 1
+                continue
+            if tok in SCRIPTS or tok == r"\limits":
+                base = nodes.pop() if nodes else None
+                if base is None or base.kind != "script":
+                    base = _Node("script", base=base)
+                nodes.append(self.scripts(base))
+                continue
+            nodes.append(self.item())
+
+    def item(self) -> _Node:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _TooDeep(f"nesting deeper than {MAX_DEPTH}")
+        try:
+            return self._item()
+        finally:
+            self.depth -= 1
+
+    def _item(self) -> _Node:
+        tok = self.toks[self.i]
+        self.i += 1
+        if tok == "{":
+            return _Node("group", children=self.seq("}"))
+        if tok in WRAPPERS:
+            return _Node("group", children=self.argument() or [])
+        if tok in ARITY:
+            node = _Node("cmd", tok)
+            if tok == r"\sqrt" and self.peek() == "[":
+                self.i += 1
+                node.opt = self.seq("]")
+            for _ in range(ARITY[tok]):
+                arg = self.argument()
+                if arg is None:
+                    if self.strict:
+                        raise _Unbalanced(f"{tok} without its argument")
+                    break
+                node.args.append(arg)
+            if tok == r"\sqrt" and not self.strict and self.toks[self.i : self.i + 5] == ABOVE:
+                self.sqrt_above(node)
+            return node
+        return _Node("atom", tok)
+
+    def sqrt_above(self, node: _Node) -> None:
+        """Read the index of ``\\sqrt {x} ABOVE {n}``; "ABOVE .. BELOW" is left alone (garbled)."""
+        start = self.i
+        self.i += 5
+        index = self.argument()
+        if index is None or self.toks[self.i : self.i + 5] == BELOW:
+            self.i = start
+        else:
+            node.opt = index
+
+    def argument(self) -> list[_Node] | None:
+        """One macro argument: a braced group or a single item (None when there is none)."""
+        tok = self.peek()
+        if tok is None or tok in ("}", "]") or tok in SCRIPTS:
+            return None
+        node = self.item()
+        return node.children if node.kind == "group" else [node]
+
+    def scripts(self, node: _Node) -> _Node:
+        """Read the \\limits, ``_`` and ``^`` that follow a base into its script ``node``."""
+        while True:
+            tok = self.peek()
+            if tok == r"\limits":
+                self.i += 1
+                node.limits = True
+                continue
+            if tok not in SCRIPTS:
+                return node
+            self.i += 1
+            arg = self.argument()
+            if arg is None:
+                if self.strict:
+                    raise _Unbalanced(f"{tok} without its argument")
+                arg = []
+            node.scripts.append((tok, arg))
+
+
+STRUCTURE = frozenset({"{", "}", "[", "]", "_", "^", r"\frac", r"\sqrt", r"\limits"})
+ABOVE = list("ABOVE")
+BELOW = list("BELOW")
+
+
+def _base_token(node: _Node | None) -> str | None:
+    while node is not None and node.kind == "group" and len(node.children) == 1:
+        node = node.children[0]
+    return node.tok if node is not None and node.kind == "atom" else None
+
+
+@dataclass
+class _Style:
+    canonical: bool = False  # subscript before superscript
+    repair: bool = False  # drop what cannot be written well-formed instead of keeping it
+
+
+def _emit(nodes: list[_Node], out: list[str], style: _Style) -> None:
+    for node in nodes:
+        if node.kind == "atom":
+            if not (style.repair and node.tok == r"\limits"):  # a stray \limits
+                out.append(node.tok)
+        elif node.kind == "group":  # bare braces render nothing
+            _emit(node.children, out, style)
+        elif node.kind == "cmd":
+            _emit_cmd(node, out, style)
+        else:
+            _emit_script(node, out, style)
+
+
+def _emitted(nodes: list[_Node] | None, style: _Style) -> list[str]:
+    out: list[str] = []
+    _emit(nodes or [], out, style)
+    return out
+
+
+def _emit_cmd(node: _Node, out: list[str], style: _Style) -> None:
+    args = [_emitted(arg, style) for arg in node.args]
+    opt = None if node.opt is None else _emitted(node.opt, style)
+    if style.repair:
+        if len(args) < ARITY[node.tok] or not all(args):  # keep the content, drop the command
+            out.extend(opt or [])
+            for arg in args:
+                out.extend(arg)
+            return
+        opt = opt or None  # an empty [] index is dropped
+    out.append(node.tok)
+    if opt is not None:
+        out.extend(["[", *opt, "]"])
+    for arg in args:
+        out.extend(["{", *arg, "}"])
+
+
+def _emit_script(node: _Node, out: list[str], style: _Style) -> None:
+    base = _emitted([node.base], style) if node.base is not None else []
+    # An empty script renders nothing: drop it.
+    scripts = [(t, a) for t, a in ((t, _emitted(a, style)) for t, a in node.scripts) if a]
+    if style.canonical and [t for t, _ in scripts] == ["^", "_"]:
+        scripts.reverse()
+    if style.repair and not base:  # scripts without base: keep their content inline
+        for _, arg in scripts:
+            out.extend(arg)
+        return
+    out.extend(base)
+    # In the captions \limits survives only on the integral: \sum and \lim place their limits
+    # above and below anyway. Without scripts it changes nothing.
+    if node.limits and scripts and _base_token(node.base) == r"\int":
+        out.append(r"\limits")
+    seen: set[str] = set()
+    for tok, arg in scripts:
+        if style.repair and tok in seen:  # a double script cannot be written: drop it
+            continue
+        seen.add(tok)
+        out.extend([tok, "{", *arg, "}"])
+
+
+LETTER_WORDS = {"log": r"\log", "lim": r"\lim"}
+
+
+def _is_letter(tok: str) -> bool:
+    return len(tok) == 1 and tok.isascii() and tok.isalpha()
+
+
+def _words(tokens: list[str]) -> list[str]:
+    # Operator names typed as letters ("l o g") are the same ink as \log, and the captions use the
+    # command ("l o g x" is \log x). A run after a letter is left alone: "b l o g".
+    out: list[str] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        for word, cmd in LETTER_WORDS.items():
+            k = len(word)
+            if (
+                tokens[i : i + k] == list(word)
+                and not (i > 0 and _is_letter(tokens[i - 1]))
+            ):
+                out.append(cmd)
+                i += k
+                break
+        else:
+            out.append(tokens[i])
+            i += 1
+    return out
+
+
+def _structure(tokens: list[str], strict: bool, style: _Style) -> list[str]:
+    nodes = _Parser(_words(tokens), strict).seq(None)
+    out: list[str] = []
+    _emit(nodes, out, style)
+    return out
+
+
+def _prepare(tokens: Iterable[str]) -> list[str]:
+    return _map_tokens(t for tok in tokens for t in _split_fused(str(tok)))
+
+
+def normalize_tokens(raw: str, canonical: bool = True) -> list[str]:
+    """Map a raw LaTeX truth (e.g. an InkML annotation) to caption tokens.
+
+    Sub/superscripts keep their written order, as in the captions, unless ``canonical`` (then the
+    subscript comes first). Malformed input (stray braces, missing arguments) never raises.
+    """
+    mapped = _prepare(tokenize(raw))
+    try:
+        return _structure(mapped, strict=False, style=_Style(canonical))
+    except _TooDeep:
+        return _words(mapped)
+
+
+def normalize_prediction(tokens: Sequence[str], canonical: bool = True) -> list[str]:
+    """Normalize model output (or caption tokens) by the rules of :func:`normalize_tokens`.
+
+    Caption tokens come back unchanged, except that ``canonical`` puts a subscript before its
+    superscript (36 training captions have the other order). Structurally broken sequences
+    (unbalanced braces, a ``^`` without argument...) only get the token-level rewriting:
+    repairing them here could make a wrong prediction score as right.
+    """
+    mapped = _prepare(tokens)
+    try:
+        return _structure(mapped, strict=True, style=_Style(canonical))
+    except _Unbalanced:
+        return _words(mapped)
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def validate(tokens: Sequence[str]) -> str | None:
+    r"""Why ``tokens`` are not well-formed caption LaTeX, or None when they are.
+
+    Well-formed: balanced braces; ``^``/``_`` after a base, with a non-empty braced argument, at
+    most one of each per base; ``\frac`` followed by two non-empty groups; ``\sqrt`` by an
+    optional non-empty ``[...]`` and a non-empty group; ``\limits`` right after ``\int``,
+    ``\sum`` or ``\lim`` and before a script. Unknown tokens count as plain symbols.
+    """
+    toks = [str(t) for t in tokens]
+    pos = 0
+    depth = 0
+
+    def group(what: str) -> None:
+        nonlocal pos
+        if pos >= len(toks) or toks[pos] != "{":
+            raise _Invalid(f"{what} without a {{group}} at {pos}")
+        pos += 1
+        if seq("}") == 0:
+            raise _Invalid(f"{what} with an empty group at {pos - 1}")
+
+    def seq(closer: str | None) -> int:
+        nonlocal pos, depth
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise _Invalid(f"nesting deeper than {MAX_DEPTH}")
+        try:
+            return _seq(closer)
+        finally:
+            depth -= 1
+
+    def _seq(closer: str | None) -> int:
+        nonlocal pos
+        items = 0
+        base: str | None = None  # the token that scripts would attach to, None when no base
+        seen: set[str] = set()
+        while True:
+            tok = toks[pos] if pos < len(toks) else None
+            if tok is None:
+                if closer is not None:
+                    raise _Invalid(f"missing {closer} at end")
+                return items
+            if tok == closer:
+                pos += 1
+                return items
+            if tok == "}":
+                raise _Invalid(f"unmatched }} at {pos}")
+            if tok in SCRIPTS:
+                if base is None:
+                    raise _Invalid(f"{tok} without a base at {pos}")
+                if tok in seen:
+                    raise _Invalid(f"double {tok} at {pos}")
+                seen.add(tok)
+                pos += 1
+                group(tok)
+                continue
+            if tok == r"\limits":
+                if base not in (r"\int", r"\sum", r"\lim") or seen:
+                    raise _Invalid(f"\\limits not after an operator at {pos}")
+                if pos + 1 >= len(toks) or toks[pos + 1] not in SCRIPTS:
+                    raise _Invalid(f"\\limits without a script at {pos}")
+                pos += 1
+                continue
+            items += 1
+            seen = set()
+            base = tok
+            pos += 1
+            if tok == r"\frac":
+                group(tok)
+                group(tok)
+            elif tok == r"\sqrt":
+                if pos < len(toks) and toks[pos] == "[":
+                    pos += 1
+                    if seq("]") == 0:
+                        raise _Invalid(f"\\sqrt with an empty [] at {pos - 1}")
+                group(tok)
+            elif tok == "{":
+                seq("}")
+
+    try:
+        seq(None)
+    except _Invalid as exc:
+        return str(exc)
+    return None
+
+
+def is_valid(tokens: Sequence[str]) -> bool:
+    """True when ``tokens`` are well-formed caption LaTeX (see :func:`validate`)."""
+    return validate(tokens) is None
+
+
+def repair(tokens: Sequence[str]) -> list[str]:
+    r"""Make ``tokens`` well-formed with small edits, for display (never used when scoring).
+
+    Drops stray ``}``, empty or base-less scripts and second scripts of a kind, closes open groups,
+    and unwraps a ``\frac``/``\sqrt`` whose arguments are missing.
+    """
+    mapped = _prepare(tokens)
+    try:
+        return _structure(mapped, strict=False, style=_Style(repair=True))
+    except _TooDeep:  # flatten: without structure tokens nothing can be malformed
+        return [t for t in _words(mapped) if t not in STRUCTURE]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring normalization against reference captions
+
+
+@dataclass
+class NormalizationReport:
+    """How many raw truths normalize to their caption, and how the others differ."""
+
+    total: int
+    exact: int
+    classes: Counter
+    examples: dict[str, list[tuple[str, str, str, str]]]  # class -> (id, raw, got, caption)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.exact / self.total if self.total else 0.0
+
+
+_NUMERIC = set("0123456789.,")
+
+
+def _first_edit(got: Sequence[str], want: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    import difflib
+
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(
+        a=list(got), b=list(want), autojunk=False
+    ).get_opcodes():
+        if tag != "equal":
+            return tag, list(got[i1:i2]), list(want[j1:j2])
+    return "equal", [], []
+
+
+def _short(tokens: list[str]) -> str:
+    return " ".join(tokens[:4]) + (" ..." if len(tokens) > 4 else "")
+
+
+def diff_class(got: Sequence[str], want: Sequence[str], raw: str = "") -> str:
+    """A short label for why normalized ``got`` differs from the caption ``want``."""
+    got, want = list(got), list(want)
+    if got == want:
+        return "equal"
+    if normalize_prediction(want) == normalize_prediction(got):
+        return "script order: caption keeps ^ before _"
+    raw_tokens = tokenize(raw)
+    if raw_tokens.count("{") != raw_tokens.count("}"):
+        return "raw truth has unbalanced braces"
+    if re.search(r"[_^]\s*\{\s*\}", raw):
+        return "raw truth has an empty script: caption differs"
+    tag, a, b = _first_edit(got, want)
+    if set(a + b) <= _NUMERIC and re.search(r"\d", raw):
+        return "caption rewrites a number (1.0 -> 1, 02 -> 2, 3,1415 -> 31,415)"
+    if tag == "replace":
+        return f"caption spells {_short(a)} as {_short(b)}"
+    if tag == "delete":
+        return f"caption drops {_short(a)}"
+    return f"caption adds {_short(b)}"
+
+
+def check_normalization(
+    pairs: Iterable[tuple[str, str, Sequence[str]]], max_examples: int = 3, canonical: bool = True
+) -> NormalizationReport:
+    """Normalize each (id, raw truth, caption tokens) and count exact matches and diff classes."""
+    total = exact = 0
+    classes: Counter = Counter()
+    examples: dict[str, list[tuple[str, str, str, str]]] = {}
+    for key, raw, caption in pairs:
+        total += 1
+        got = normalize_tokens(raw, canonical)
+        if got == list(caption):
+            exact += 1
+            continue
+        label = diff_class(got, caption, raw)
+        classes[label] += 1
+        ex = examples.setdefault(label, [])
+        if len(ex) < max_examples:
+            ex.append((key, raw, " ".join(got), " ".join(caption)))
+    return NormalizationReport(total, exact, classes, examples)
+
+
+def format_report(name: str, report: NormalizationReport, examples: bool = True) -> str:
+    """Text summary of a :class:`NormalizationReport`."""
+    lines = [
+        f"{name}: {report.exact}/{report.total} raw truths normalize to their caption "
+        f"({report.percent:.2f}%)"
+    ]
+    for label, count in report.classes.most_common():
+        lines.append(f"  {count:5d}  {label}")
+        if examples:
+            for key, raw, got, want in report.examples.get(label, []):
+                lines.append(f"           {key}: {raw}")
+                lines.append(f"             normalized: {got}")
+                lines.append(f"             caption:    {want}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""Decoding for every model family behind one call, ``recognize_batch``."""
+
+from __future__ import annotations
+
+import torch
+
+from hmer.decoding.ctc import ctc_beam_batch, ctc_greedy, ctc_prefix_beam_search
+from hmer.decoding.search import Hypothesis, beam_search, bidirectional_beam_search, greedy
+
+__all__ = [
+    "Hypothesis",
+    "beam_search",
+    "bidirectional_beam_search",
+    "ctc_greedy",
+    "ctc_prefix_beam_search",
+    "greedy",
+    "recognize_batch",
+]
+
+
+@torch.no_grad()
+def recognize_batch(
+    model, inputs: torch.Tensor, masks: torch.Tensor, beam: int = 10, max_len: int = 200
+) -> list[list[Hypothesis]]:
+    """Decode a batch with the search that fits the model; n-best hypotheses per input, best first.
+
+    ``beam <= 1`` gives greedy decoding (one hypothesis each). Otherwise CTC models get prefix
+    beam search, bidirectional seq2seq models beam search in both directions with rescoring, and
+    others (``model.bidirectional == False``) left-to-right beam search. The caller chooses
+    ``model.eval()`` and any autocast.
+    """
+    if model.kind == "ctc":
+        log_probs, lengths = model.ctc_log_probs(inputs, masks)
+        blank = getattr(model, "blank", 0)
+        if beam <= 1:
+            return [[h] for h in ctc_greedy(log_probs, lengths, blank)]
+        return ctc_beam_batch(log_probs, lengths, beam, blank)
+    if model.kind != "seq2seq":
+        raise ValueError(f"unknown model kind {model.kind!r}")
+    mem = model.encode(inputs, masks)
+    n = inputs.shape[0]
+    if beam <= 1:
+        return [[h] for h in greedy(model, mem, n, "l2r", max_len)]
+    both = getattr(model, "bidirectional", True)
+    out = []
+    for i in range(n):
+        one = model.select(mem, torch.tensor([i], device=inputs.device))
+        if both:
+            out.append(bidirectional_beam_search(model, one, beam, max_len))
+        else:
+            out.append(beam_search(model, one, beam, "l2r", max_len))
+    return out

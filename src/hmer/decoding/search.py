@@ -1,0 +1,183 @@
+"""Greedy and beam search for autoregressive models, with bidirectional rescoring.
+
+A model exposes ``encode(images, masks) -> mem``, ``select(mem, index) -> mem``,
+``step(mem, prefix) -> log-probs of the next token`` and ``start_tokens(direction)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hmer.models.transformer import PAD
+
+
+@dataclass
+class Hypothesis:
+    """A decoded token-id sequence (without start/end tokens) and its scores."""
+
+    ids: list[int]
+    logprob: float  # total log-probability, end token included
+    score: float  # ranking score (length-normalized, rescored when bidirectional)
+
+    @property
+    def confidence(self) -> float:
+        """exp(mean token log-probability): a number in (0, 1] a user can read."""
+        return float(torch.tensor(self.logprob / (len(self.ids) + 1)).exp())
+
+
+class _Stepper:
+    """Next-token log-probabilities for growing prefixes: incremental when the model keeps a
+    decoding state (``init_state``/``step_state``/``reorder_state``), else from the whole prefix."""
+
+    def __init__(self, model, mem: dict):
+        self.model, self.mem = model, mem
+        self.state = model.init_state(mem) if hasattr(model, "init_state") else None
+
+    def __call__(self, prefix: torch.Tensor) -> torch.Tensor:
+        if self.state is None:
+            n = prefix.shape[0]
+            if self.mem["memory"].shape[0] != n:  # one input, several beams
+                index = torch.zeros(n, dtype=torch.long, device=prefix.device)
+                return self.model.step(self.model.select(self.mem, index), prefix)
+            return self.model.step(self.mem, prefix)
+        lp, self.state = self.model.step_state(prefix[:, -1], self.state)
+        return lp
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Continue only the prefixes in ``rows`` (in that order)."""
+        if self.state is not None:
+            self.state = self.model.reorder_state(self.state, rows)
+
+
+@torch.no_grad()
+def greedy(
+    model, mem: dict, batch: int, direction: str = "l2r", max_len: int = 200
+) -> list[Hypothesis]:
+    """Greedy decoding of ``batch`` inputs sharing one encoded ``mem``."""
+    start, end = model.start_tokens(direction)
+    dev = mem["memory"].device
+    prefix = torch.full((batch, 1), start, dtype=torch.long, device=dev)
+    logp = torch.zeros(batch, device=dev)
+    done = torch.zeros(batch, dtype=torch.bool, device=dev)
+    step = _Stepper(model, mem)
+    for _ in range(max_len):
+        lp = step(prefix)
+        lp[:, PAD] = float("-inf")  # never emitted by a trained model; keep untrained ones sane
+        lp[:, start] = float("-inf")
+        best_lp, best = lp.max(-1)
+        best = torch.where(done, torch.full_like(best, PAD), best)
+        logp = logp + torch.where(done, torch.zeros_like(best_lp), best_lp)
+        prefix = torch.cat([prefix, best[:, None]], 1)
+        done = done | (best == end)
+        if done.all():
+            break
+    out = []
+    for row, lp in zip(prefix[:, 1:].tolist(), logp.tolist(), strict=True):
+        ids = row[: row.index(end)] if end in row else [i for i in row if i != PAD]
+        if direction == "r2l":
+            ids = ids[::-1]
+        out.append(Hypothesis(ids, lp, lp / (len(ids) + 1)))
+    return out
+
+
+@torch.no_grad()
+def beam_search(
+    model,
+    mem: dict,
+    beam: int = 10,
+    direction: str = "l2r",
+    max_len: int = 200,
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """Beam search for ONE input (``mem`` of batch 1); returns finished hypotheses, best first.
+
+    Scores are log-probabilities divided by (length + 1) ** ``length_penalty``.
+    """
+    start, end = model.start_tokens(direction)
+    dev = mem["memory"].device
+    prefixes = torch.full((1, 1), start, dtype=torch.long, device=dev)
+    scores = torch.zeros(1, device=dev)
+    finished: list[Hypothesis] = []
+    step = _Stepper(model, mem)
+    for t in range(max_len):
+        lp = step(prefixes)
+        lp[:, start] = float("-inf")
+        lp[:, PAD] = float("-inf")
+        total = (scores[:, None] + lp).reshape(-1)
+        k = min(2 * beam, total.numel())
+        top, idx = total.topk(k)
+        src, tok = idx // lp.shape[1], idx % lp.shape[1]
+        keep = []
+        for s, i, j in zip(top.tolist(), src.tolist(), tok.tolist(), strict=True):
+            if j == end:
+                ids = prefixes[i, 1:].tolist()
+                if direction == "r2l":
+                    ids = ids[::-1]
+                finished.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+            elif len(keep) < beam:
+                keep.append((i, j, s))
+        if not keep:
+            break
+        # stop once no live beam can beat the worst kept finished hypothesis
+        if len(finished) >= beam:
+            finished.sort(key=lambda h: -h.score)
+            finished = finished[:beam]
+            best_live = max(s for _, _, s in keep) / (t + 2) ** length_penalty
+            if best_live < finished[-1].score:
+                break
+        rows = torch.tensor([i for i, _, _ in keep], device=dev)
+        toks = torch.tensor([j for _, j, _ in keep], device=dev)
+        prefixes = torch.cat([prefixes[rows], toks[:, None]], 1)
+        step.keep(rows)
+        scores = torch.tensor([s for _, _, s in keep], device=dev)
+    if not finished:  # ran out of length: keep the live beams as they are
+        for row, s in zip(prefixes[:, 1:].tolist(), scores.tolist(), strict=True):
+            ids = row[::-1] if direction == "r2l" else row
+            finished.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+    finished.sort(key=lambda h: -h.score)
+    return finished[:beam]
+
+
+@torch.no_grad()
+def sequence_logprob(model, mem: dict, hyps: list[list[int]], direction: str) -> list[float]:
+    """Log-probability of each full token sequence (left-to-right ids) read in ``direction``."""
+    if not hyps:
+        return []
+    start, end = model.start_tokens(direction)
+    seqs = [h if direction == "l2r" else h[::-1] for h in hyps]
+    t = max(len(s) for s in seqs) + 1
+    dev = mem["memory"].device
+    tgt_in = torch.full((len(seqs), t), PAD, dtype=torch.long, device=dev)
+    tgt_out = torch.full((len(seqs), t), PAD, dtype=torch.long, device=dev)
+    for i, s in enumerate(seqs):
+        tgt_in[i, : len(s) + 1] = torch.tensor([start, *s])
+        tgt_out[i, : len(s) + 1] = torch.tensor([*s, end])
+    m = model.select(mem, torch.zeros(len(seqs), dtype=torch.long, device=dev))
+    lp = model.decode(m, tgt_in).float().log_softmax(-1)
+    tok_lp = lp.gather(-1, tgt_out.clamp(min=0)[..., None])[..., 0]
+    return (tok_lp * (tgt_out != PAD)).sum(1).tolist()
+
+
+@torch.no_grad()
+def bidirectional_beam_search(
+    model, mem: dict, beam: int = 10, max_len: int = 200, length_penalty: float = 1.0
+) -> list[Hypothesis]:
+    """Beam search in both directions, each hypothesis rescored by the opposite direction.
+
+    The final score is the mean of both directions' length-normalized log-probabilities.
+    """
+    pool: dict[tuple[int, ...], Hypothesis] = {}
+    for direction in ("l2r", "r2l"):
+        for h in beam_search(model, mem, beam, direction, max_len, length_penalty):
+            pool.setdefault(tuple(h.ids), h)
+    ids = [list(k) for k in pool]
+    l2r = sequence_logprob(model, mem, ids, "l2r")
+    r2l = sequence_logprob(model, mem, ids, "r2l")
+    out = []
+    for seq, a, b in zip(ids, l2r, r2l, strict=True):
+        norm = (len(seq) + 1) ** length_penalty
+        out.append(Hypothesis(seq, (a + b) / 2, (a + b) / 2 / norm))
+    out.sort(key=lambda h: -h.score)
+    return out[:beam]

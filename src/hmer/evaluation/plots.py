@@ -1,0 +1,101 @@
+"""Pictures for people: training curves and per-token attention maps, drawn with Pillow."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def _panel(
+    draw: ImageDraw.ImageDraw,
+    box,
+    series: dict[str, list[tuple[float, float]]],
+    title: str,
+    xlabel: str,
+):
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(0, 0, 0))
+    draw.text((x0 + 4, y0 - 14), title, fill=(0, 0, 0))
+    draw.text((x1 - 80, y1 + 4), xlabel, fill=(0, 0, 0))
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    xmin, xmax = float(xs.min()), float(xs.max()) or 1.0
+    ymin, ymax = float(ys.min()), float(ys.max())
+    if ymax - ymin < 1e-9:
+        ymax = ymin + 1.0
+    draw.text((x0 - 44, y0), f"{ymax:.3g}", fill=(0, 0, 0))
+    draw.text((x0 - 44, y1 - 10), f"{ymin:.3g}", fill=(0, 0, 0))
+    draw.text((x0, y1 + 4), f"{xmin:.3g}", fill=(0, 0, 0))
+    draw.text((x1 - 30, y1 - 12), f"{xmax:.3g}", fill=(0, 0, 0))
+    for k, (name, s) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        xy = [
+            (
+                x0 + (x - xmin) / max(xmax - xmin, 1e-9) * (x1 - x0),
+                y1 - (y - ymin) / (ymax - ymin) * (y1 - y0),
+            )
+            for x, y in s
+        ]
+        if len(xy) > 1:
+            draw.line(xy, fill=color, width=2)
+        for x, y in xy if len(xy) < 40 else []:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+        draw.text((x0 + 8, y0 + 6 + 12 * k), name, fill=color)
+
+
+def training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Plot a run's loss (log.csv) and ExpRate per split (eval.csv) against CPU-hours to PNG."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "curves.png"
+    loss, rates = [], {}
+    if (run_dir / "log.csv").exists():
+        with open(run_dir / "log.csv", newline="") as fh:
+            loss = [(float(r["cpu_hours"]), float(r["loss"])) for r in csv.DictReader(fh)]
+    if (run_dir / "eval.csv").exists():
+        with open(run_dir / "eval.csv", newline="") as fh:
+            for r in csv.DictReader(fh):
+                rates.setdefault(r["split"], []).append(
+                    (float(r["cpu_hours"]), float(r["exprate"]))
+                )
+    img = Image.new("RGB", (900, 380), "white")
+    draw = ImageDraw.Draw(img)
+    _panel(draw, (60, 30, 430, 330), {"train loss": loss}, "training loss", "CPU-hours")
+    _panel(
+        draw,
+        (510, 30, 880, 330),
+        {f"{k} ExpRate %": v for k, v in rates.items()},
+        "ExpRate (greedy)",
+        "CPU-hours",
+    )
+    img.save(out)
+    return out
+
+
+def attention_grid(
+    image: np.ndarray, maps: list[np.ndarray], tokens: list[str], columns: int = 4
+) -> Image.Image:
+    """Overlay one attention map (h, w) per output token on the input image, in a labelled grid."""
+    h, w = image.shape
+    base = Image.fromarray(image).convert("RGB")
+    cells = []
+    for att, tok in zip(maps, tokens, strict=True):
+        a = att / max(float(att.max()), 1e-9)
+        heat = Image.fromarray((a * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
+        red = Image.merge("RGB", (heat, Image.new("L", (w, h), 0), Image.new("L", (w, h), 0)))
+        cell = Image.blend(base, red, 0.55)
+        canvas = Image.new("RGB", (w, h + 16), "white")
+        canvas.paste(cell, (0, 16))
+        ImageDraw.Draw(canvas).text((2, 2), tok, fill=(0, 0, 0))
+        cells.append(canvas)
+    rows = (len(cells) + columns - 1) // columns or 1
+    grid = Image.new("RGB", (columns * (w + 4), rows * (h + 20)), "white")
+    for i, c in enumerate(cells):
+        grid.paste(c, ((i % columns) * (w + 4), (i // columns) * (h + 20)))
+    return grid

@@ -1,0 +1,541 @@
+"""HTTP API and web page: ``create_app()`` builds the FastAPI application that ``hmer serve`` runs.
+
+Routes: ``POST /v1/recognize`` (an image as multipart ``file`` or a raw ``image/*`` body, or pen
+strokes as JSON), ``GET /v1/models``, ``GET /healthz``, the drawing page at ``/`` and offline
+OpenAPI docs at ``/docs``. Every error is a JSON object ``{"detail": message, "code": code}``;
+nothing about the server's internals is ever sent to a client.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import hmer
+from hmer.data.images import ImageError
+from hmer.data.inkml import InkMLError
+
+log = logging.getLogger("hmer.api")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
+VENDOR = "/static/vendor"
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server; larger inputs get a 4xx answer."""
+
+    max_upload_bytes: int = 10 * 1024 * 1024  # whole request body
+    max_pixels: int = 25_000_000  # decoded image width x height
+    max_strokes: int = 500
+    max_points: int = 50_000  # over all strokes
+    max_coordinate: float = 1e6  # |x|, |y| of a pen point
+    max_resampled: int = 20_000  # points a stroke model would see after resampling
+    max_beam: int = 20
+    max_concurrency: int = max(1, min(4, os.cpu_count() or 1))  # inputs processed at once
+    max_pending: int = 32  # requests waiting or running; more get 503
+
+
+class ApiError(Exception):
+    """An error answered as ``{"detail": message, "code": code}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+# -- schemas (for validation of answers and for the OpenAPI docs) -------------------------------
+class StrokesRequest(BaseModel):
+    """Pen strokes: each stroke a list of [x, y] or [x, y, t] points (y grows downwards)."""
+
+    strokes: list[list[list[float]]] = Field(
+        ..., examples=[[[[0, 0], [10, 10]], [[10, 0], [0, 10]]]]
+    )
+    beam: int | None = Field(None, ge=1, description="beam width (default: the model's)")
+    model: str | None = Field(None, description="model name from /v1/models (default: automatic)")
+
+
+class AlternativeOut(BaseModel):
+    latex: str
+    score: float = Field(..., description="confidence in (0, 1]")
+
+
+class RecognizeResponse(BaseModel):
+    latex: str
+    tokens: list[str]
+    score: float
+    alternatives: list[AlternativeOut]
+    model: str
+    time_ms: float = Field(..., description="model time (decoding) in milliseconds")
+    total_ms: float = Field(..., description="server time for the request in milliseconds")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    code: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    input_kind: str
+    default_for: list[str]
+    beam: int
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    default: dict[str, str | None]
+
+
+# -- request body size limit ----------------------------------------------------------------------
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"detail": message, "code": code}).encode()
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes``: by Content-Length before reading, else as soon
+    as the body read so far exceeds it (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reply(self, send: Send, status: int, code: str, message: str) -> None:
+        body = _error_body(code, message)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    await self._reply(send, 400, "bad_request", "invalid Content-Length header")
+                    return
+                if length > self.max_bytes:
+                    await self._reply(send, 413, "too_large", self._too_large())
+                    return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> str:
+        return f"request body larger than {self.max_bytes / (1024 * 1024):g} MB"
+
+
+# -- input checks -----------------------------------------------------------------------------
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_strokes(value: Any, limits: Limits) -> list[np.ndarray]:
+    """Check JSON strokes against ``limits`` and return one float64 array per stroke.
+
+    Times (a third value per point) are made relative to the first point; if some stroke has no
+    times, times are dropped from all. Raises :class:`ApiError` (422) with a message naming the
+    first problem.
+    """
+
+    def bad(message: str, code: str = "invalid_strokes") -> ApiError:
+        return ApiError(422, code, message)
+
+    if not isinstance(value, list):
+        raise bad("'strokes' must be a list of strokes, each a list of [x, y] or [x, y, t] points")
+    if not value:
+        raise bad("empty drawing: 'strokes' has no strokes", "empty_strokes")
+    if len(value) > limits.max_strokes:
+        raise bad(f"too many strokes: {len(value)} > {limits.max_strokes}", "too_many_strokes")
+    total = 0
+    for i, stroke in enumerate(value):
+        if not isinstance(stroke, list) or not stroke:
+            raise bad(f"stroke {i} must be a non-empty list of points")
+        total += len(stroke)
+        if total > limits.max_points:
+            raise bad(f"too many points: more than {limits.max_points}", "too_many_points")
+    arrays = []
+    for i, stroke in enumerate(value):
+        width = len(stroke[0]) if isinstance(stroke[0], list) else 0
+        if width not in (2, 3):
+            raise bad(f"stroke {i}: points must be [x, y] or [x, y, t]")
+        for j, p in enumerate(stroke):
+            if not isinstance(p, list) or len(p) != width or not all(_is_number(v) for v in p):
+                raise bad(f"stroke {i}, point {j}: expected {width} numbers like its first point")
+            # Written so that NaN fails too; checked before float() so that huge ints do not raise.
+            if not (abs(p[0]) <= limits.max_coordinate and abs(p[1]) <= limits.max_coordinate):
+                raise bad(
+                    f"stroke {i}, point {j}: coordinates must be finite numbers within "
+                    f"±{limits.max_coordinate:g}", "bad_coordinates",
+                )
+            if width == 3 and not abs(p[2]) <= 1e15:
+                raise bad(f"stroke {i}, point {j}: time must be a finite number", "bad_coordinates")
+        arrays.append(np.asarray(stroke, dtype=np.float64))
+    if any(a.shape[1] == 2 for a in arrays):
+        arrays = [a[:, :2] for a in arrays]
+    else:
+        t0 = arrays[0][0, 2]
+        for a in arrays:
+            a[:, 2] -= t0
+    return arrays
+
+
+def resampled_length(traces: list[np.ndarray]) -> float:
+    """About how many points a stroke model's resampling makes of ``traces`` (see ink_features)."""
+    from hmer.data.render import ink_symbol_size
+    from hmer.data.strokes import SPACING
+
+    xy = [t[:, :2] for t in traces]
+    step = SPACING * ink_symbol_size(xy)
+    path = sum(float(np.linalg.norm(np.diff(t, axis=0), axis=1).sum()) for t in xy)
+    return path / max(step, 1e-9) + len(xy)
+
+
+def check_pixels(data: bytes, limits: Limits) -> None:
+    """Refuse images whose header declares more than ``limits.max_pixels`` pixels (no decoding).
+
+    Unreadable data passes: the image reader reports it with a clear message.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, "too_many_pixels", "image has too many pixels") from exc
+    except Exception:  # noqa: BLE001 - any decoding problem is reported later by ImageError
+        return
+    if w * h > limits.max_pixels:
+        raise ApiError(
+            413, "too_many_pixels",
+            f"image of {w}x{h} pixels is larger than {limits.max_pixels:,} pixels",
+        )
+
+
+def _beam(value: Any, limits: Limits) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limits.max_beam:
+        raise ApiError(422, "bad_beam", f"'beam' must be an integer from 1 to {limits.max_beam}")
+    return value
+
+
+# -- models ---------------------------------------------------------------------------------------
+def load_default_recognizers() -> dict:
+    """The shipped default image model, plus the shipped stroke model when there is one."""
+    from hmer.recognize import Recognizer
+    from hmer.weights import WeightsError
+
+    recs = {}
+    for kind in ("image", "strokes"):
+        try:
+            rec = Recognizer.load(None, kind)
+        except WeightsError:
+            if kind == "image":
+                raise
+            continue
+        recs[rec.name] = rec
+    return recs
+
+
+def _defaults(recognizers: dict) -> dict[str, str | None]:
+    """Which model reads uploads ("image") and which reads drawn strokes ("strokes")."""
+    image = next((n for n, r in recognizers.items() if r.input_kind == "image"), None)
+    strokes = next((n for n, r in recognizers.items() if r.input_kind == "strokes"), None)
+    # Without a stroke model, strokes are rendered and read by the image model.
+    return {"image": image, "strokes": strokes or image}
+
+
+# -- app ----------------------------------------------------------------------------------------
+_RECOGNIZE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "beam": {"type": "integer"},
+                        "model": {"type": "string"},
+                    },
+                }
+            },
+            "application/json": {"schema": StrokesRequest.model_json_schema()},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def create_app(
+    recognizers: dict | None = None,
+    limits: Limits | None = None,
+    defaults: dict[str, str | None] | None = None,
+) -> FastAPI:
+    """Build the application.
+
+    ``recognizers`` maps names to :class:`hmer.recognize.Recognizer` objects (default: the shipped
+    models). ``defaults`` may name the model for "image" uploads and for drawn "strokes"; by
+    default the first image model reads uploads and strokes go to the first stroke model, else to
+    the image model (which renders them).
+    """
+    limits = limits or Limits()
+    recs = dict(recognizers) if recognizers is not None else load_default_recognizers()
+    if not recs:
+        raise ValueError("create_app needs at least one recognizer")
+    chosen = {**_defaults(recs), **(defaults or {})}
+    for name in chosen.values():
+        if name is not None and name not in recs:
+            raise ValueError(f"default model {name!r} is not among the recognizers")
+
+    app = FastAPI(
+        title="hmer",
+        version=hmer.__version__,
+        description="Handwritten mathematical expressions to LaTeX, on a CPU, offline.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.recognizers = recs
+    app.state.defaults = chosen
+    app.state.limits = limits
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_upload_bytes)
+    gate = threading.BoundedSemaphore(limits.max_concurrency)
+    pending = [0]
+
+    # -- errors: always JSON, never a traceback ---------------------------------------------------
+    def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"detail": message, "code": code}, status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(_BodyTooLarge)
+    async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
+        mb = limits.max_upload_bytes / (1024 * 1024)
+        message = f"request body larger than {mb:g} MB"
+        return error(413, "too_large", message, {"connection": "close"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        code = codes.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request"
+        return error(422, "invalid_request", message)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal_error", "internal server error")
+
+    # -- routes --------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict:
+        """Liveness: the server answers and its models are loaded."""
+        return {"status": "ok", "models": len(recs)}
+
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["recognition"])
+    async def models() -> dict:
+        """The loaded models, their input kinds and which one is the default for each input."""
+        out = []
+        for name, rec in recs.items():
+            roles = [kind for kind, n in chosen.items() if n == name]
+            out.append({"name": name, "input_kind": rec.input_kind, "default_for": roles,
+                        "beam": rec.beam})
+        return {"models": out, "default": chosen}
+
+    def pick(name: str | None, kind: str):
+        if name is not None:
+            if name not in recs:
+                raise ApiError(422, "unknown_model",
+                               f"unknown model {name!r}; known: {', '.join(sorted(recs))}")
+            rec = recs[name]
+            if kind == "image" and rec.input_kind != "image":
+                raise ApiError(422, "wrong_model_kind",
+                               f"model {name!r} reads strokes, not images")
+            return rec
+        if chosen.get(kind) is None:
+            raise ApiError(422, "no_model", f"no model for {kind} input is loaded")
+        return recs[chosen[kind]]
+
+    async def run(fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in a worker thread, at most ``max_concurrency`` at once; 503 when full."""
+        if pending[0] >= limits.max_pending:
+            raise ApiError(503, "busy", "server busy, retry shortly", {"retry-after": "1"})
+        pending[0] += 1
+
+        def gated() -> Any:
+            with gate:
+                return fn()
+
+        try:
+            return await run_in_threadpool(gated)
+        finally:
+            pending[0] -= 1
+
+    @app.post(
+        "/v1/recognize",
+        response_model=RecognizeResponse,
+        tags=["recognition"],
+        openapi_extra=_RECOGNIZE_BODY,
+        responses={
+            s: {"model": ErrorResponse}
+            for s in (400, 413, 415, 422, 500, 503)
+        },
+    )
+    async def recognize(
+        request: Request,
+        model: str | None = Query(None, description="model name (default: by input kind)"),
+        beam: int | None = Query(None, ge=1, le=limits.max_beam, description="beam width"),
+    ) -> dict:
+        """Recognize an image (multipart field ``file``, or a raw ``image/*`` body) or pen strokes
+        (JSON ``{"strokes": [[[x, y], ...], ...]}``). ``model`` and ``beam`` may also be given in
+        the JSON body or as form fields."""
+        t0 = time.perf_counter()
+        mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if mtype == "application/json" or mtype.endswith("+json"):
+            payload = _load_json(await request.body())
+            model = _str_field(payload.get("model", model), "model")
+            beam = _beam(payload.get("beam", beam), limits)
+            traces = parse_strokes(payload.get("strokes"), limits)
+            rec = pick(model, "strokes")
+
+            def work():
+                if rec.input_kind == "strokes" and resampled_length(traces) > limits.max_resampled:
+                    raise ApiError(422, "too_many_points",
+                                   "drawing too long or too spread out for the stroke model")
+                return rec.recognize_strokes(traces, beam)
+
+        elif mtype == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=8)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
+            data = await upload.read()
+            model = _str_field(form.get("model", model), "model")
+            beam = _beam(form.get("beam", beam), limits)
+            source = upload.filename or "upload"
+            rec = pick(model, "image")
+
+            def work():
+                check_pixels(data, limits)
+                return rec.recognize_image(data, source, beam)
+
+        elif mtype.startswith(IMAGE_TYPES):
+            data = await request.body()
+            rec = pick(model, "image")
+
+            def work():
+                check_pixels(data, limits)
+                return rec.recognize_image(data, "upload", beam)
+
+        else:
+            raise ApiError(415, "unsupported_media_type",
+                           "send multipart/form-data with a 'file', an image/* body, or "
+                           "application/json strokes")
+        try:
+            result = await run(work)
+        except (ImageError, InkMLError) as exc:
+            raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
+        alts = [{"latex": a.latex, "score": a.score} for a in result.alternatives]
+        return {
+            "latex": result.latex, "tokens": result.tokens, "score": result.score,
+            "alternatives": alts, "model": result.model, "time_ms": result.time_ms,
+            "total_ms": round((time.perf_counter() - t0) * 1000, 1),
+        }
+
+    # -- page and docs -------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={
+            "content-security-policy": (
+                "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+                "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'"
+            ),
+            "cache-control": "no-cache",
+        })
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="hmer API",
+            swagger_js_url=f"{VENDOR}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{VENDOR}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _load_json(body: bytes) -> dict:
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise ApiError(400, "malformed_json", "request body is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise ApiError(422, "invalid_strokes", 'expected a JSON object like {"strokes": [...]}')
+    return payload
+
+
+def _str_field(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(422, "invalid_request", f"'{name}' must be a string")
+
+
+def _client_message(message: str) -> str:
+    """An input error's message without server paths (the source is a client-side name)."""
+    return message[:300]

@@ -1,0 +1,274 @@
+"""Sub-commands that use models: recognize, train, evaluate, export, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the model sub-commands to the ``hmer`` parser."""
+    p = sub.add_parser("recognize", help="recognize images, .inkml files or folders of them")
+    p.add_argument("paths", nargs="+", help="image files, .inkml files or directories")
+    p.add_argument(
+        "--model", help="a .safetensors release (default: the shipped model for the input)"
+    )
+    p.add_argument("--format", choices=["text", "json", "tsv"], default="text")
+    p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
+    p.set_defaults(func=cmd_recognize)
+
+    p = sub.add_parser("train", help="train a model from a TOML config")
+    p.add_argument("config")
+    p.add_argument("--run-dir", help="checkpoints and logs (default: runs/CONFIG_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--init-from", help="start from released weights (fine-tuning)")
+    p.add_argument("--epochs", type=int, help="override the config's epoch count")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a model on a CROHME split")
+    p.add_argument("--model", help="a .safetensors release or a training checkpoint (.pt)")
+    p.add_argument("--split", default="2014")
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--limit", type=int, help="only the first N expressions")
+    p.add_argument("--out", help="write per-expression predictions (ID<TAB>prediction<TAB>truth)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="turn a training checkpoint into a release file")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
+    p.add_argument(
+        "--default-for", choices=["image", "strokes"], help="mark as the shipped default"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("explain", help="PNG of each output token's attention over the input")
+    p.add_argument("input", help="an image or .inkml file")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument(
+        "--model", help="a .safetensors release or a checkpoint (default: shipped image model)"
+    )
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("curves", help="plot a training run's loss and ExpRate to PNG")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output")
+    p.set_defaults(
+        func=lambda a: print(
+            __import__("hmer.evaluation.plots", fromlist=["x"]).training_curves(a.run_dir, a.output)
+        )
+    )
+
+    p = sub.add_parser("models", help="list model families and shipped weights")
+    p.set_defaults(func=cmd_models)
+
+
+def _err(msg: str) -> None:
+    print(f"hmer: error: {msg}", file=sys.stderr)
+
+
+def cmd_recognize(args: argparse.Namespace) -> int:
+    from hmer.recognize import INK_SUFFIXES, Recognizer, find_inputs
+    from hmer.weights import WeightsError, default_weights
+
+    files = find_inputs(args.paths)
+    if not files:
+        _err("no image or .inkml files found")
+        return 2
+    cache: dict[str, Recognizer] = {}
+
+    def recognizer_for(path: Path) -> Recognizer:
+        kind = "image"
+        if args.model:
+            key = args.model
+        elif path.suffix.lower() in INK_SUFFIXES:
+            try:  # pen input goes to the stroke model when one is shipped
+                key = str(default_weights("strokes"))
+                kind = "strokes"
+            except WeightsError:
+                key = str(default_weights("image"))
+        else:
+            key = str(default_weights("image"))
+        if key not in cache:
+            cache[key] = Recognizer.load(key, kind, beam=args.beam)
+        return cache[key]
+
+    failed = 0
+    for path in files:
+        try:
+            result = recognizer_for(path).recognize_file(path, beam=args.beam)
+        except (ValueError, OSError, RuntimeError) as exc:
+            failed += 1
+            _err(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            continue
+        if args.format == "text":
+            print(result.latex if len(files) == 1 else f"{path}: {result.latex}")
+        elif args.format == "tsv":
+            print(f"{path.stem}\t{' '.join(result.tokens)}")
+        else:
+            out = result.to_dict()
+            out["alternatives"] = [
+                {"latex": a["latex"], "score": a["score"]} for a in out["alternatives"]
+            ]
+            print(json.dumps(out, ensure_ascii=False))
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hmer.training.train import load_config, train
+
+    config = load_config(args.config)
+    if args.epochs:
+        config["train"]["epochs"] = args.epochs
+    run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
+    state = train(config, run_dir, resume=args.resume, init_from=args.init_from)
+    print(
+        f"done: epoch {state['epoch']}, step {state['step']}, best val ExpRate {state['best']:.2f}"
+    )
+    return 0
+
+
+def load_any(path: str | None):
+    """(model, vocab, name) from a release file, a training checkpoint, or the shipped default."""
+    import torch
+
+    from hmer.data.vocab import Vocab
+    from hmer.models import create_model
+    from hmer.weights import default_weights, load_model
+
+    if path and path.endswith(".pt"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = dict(ckpt["config"]["model"])
+        vocab = Vocab.from_json(ckpt["vocab"])
+        model = create_model(cfg.pop("name"), len(vocab), **cfg)
+        model.load_state_dict(ckpt["model"])
+        return model.eval(), vocab, Path(path).parent.name
+    p = Path(path) if path else default_weights("image")
+    model, vocab, _ = load_model(p)
+    return model, vocab, p.stem
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from hmer.data.dataset import load_cached
+    from hmer.data.latex import normalize_prediction
+    from hmer.data.render import render_natural
+    from hmer.decoding import recognize_batch
+    from hmer.evaluation.metrics import score
+
+    model, vocab, name = load_any(args.model)
+    samples = load_cached(args.split).samples[: args.limit]
+    preds, truths, rows, times = {}, {}, [], []
+    strokes = getattr(model, "input_kind", "image") == "strokes"
+    if strokes:
+        from hmer.data.strokes import ink_features
+    for s in samples:
+        t0 = time.perf_counter()
+        if strokes:
+            x = torch.from_numpy(ink_features(s.traces))[None]
+            m = torch.zeros(1, x.shape[1], dtype=torch.bool)
+        else:
+            img = render_natural(s.traces)
+            x = torch.from_numpy(img.astype(np.float32) / 255)[None, None]
+            m = torch.zeros(1, *img.shape, dtype=torch.bool)
+        with torch.inference_mode():
+            hyp = recognize_batch(model, x, m, beam=args.beam)[0]
+        times.append(time.perf_counter() - t0)
+        pred = vocab.decode(hyp[0].ids) if hyp else []
+        preds[s.id] = normalize_prediction(pred)
+        truths[s.id] = normalize_prediction(s.tokens)
+        rows.append(f"{s.id}\t{' '.join(pred)}\t{' '.join(s.tokens)}")
+    metrics = score(preds, truths)
+    metrics["model"], metrics["split"], metrics["beam"] = name, args.split, args.beam
+    metrics["latency_ms_p50"] = round(1000 * float(np.percentile(times, 50)), 1)
+    if args.out:
+        Path(args.out).write_text("\n".join(rows) + "\n")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:>16}  {v:.2f}" if isinstance(v, float) else f"{k:>16}  {v}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from hmer.data.vocab import Vocab
+    from hmer.models import create_model
+    from hmer.weights import save_release
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    cfg = dict(ckpt["config"]["model"])
+    vocab = Vocab.from_json(ckpt["vocab"])
+    model = create_model(cfg["name"], len(vocab), **{k: v for k, v in cfg.items() if k != "name"})
+    model.load_state_dict(ckpt["model"])
+    info = {
+        "state": ckpt["state"],
+        "train": ckpt["config"].get("train"),
+        "data": ckpt["config"].get("data"),
+    }
+    path = save_release(
+        model, cfg, vocab, args.output, fp16=not args.fp32, default_for=args.default_for, info=info
+    )
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from hmer.models import list_models
+    from hmer.weights import shipped_models
+
+    print("families:", ", ".join(list_models()))
+    for name, entry in shipped_models().items():
+        role = f" (default for {entry['default_for']})" if entry.get("default_for") else ""
+        print(f"  {name}: {entry['input_kind']}{role}  sha256 {entry['sha256'][:12]}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from hmer.data.images import ImageError, prepare_image
+    from hmer.data.inkml import InkMLError, read_inkml
+    from hmer.data.render import render_natural
+    from hmer.decoding.search import greedy
+    from hmer.evaluation.plots import attention_grid
+
+    model, vocab, _ = load_any(args.model)
+    if getattr(model, "input_kind", "image") != "image" or not hasattr(model, "decode"):
+        _err("explain needs an image model with an attention decoder")
+        return 2
+    try:
+        if args.input.lower().endswith(".inkml"):
+            img = render_natural(read_inkml(args.input).traces)
+        else:
+            img = prepare_image(args.input, args.input)
+    except (ImageError, InkMLError) as exc:
+        _err(str(exc))
+        return 1
+    x = torch.from_numpy(img.astype(np.float32) / 255)[None, None]
+    with torch.inference_mode():
+        mem = model.encode(x, torch.zeros(1, *img.shape, dtype=torch.bool))
+        hyp = greedy(model, mem, 1)[0]
+        tgt = torch.tensor([[1, *hyp.ids]])
+        _, attns = model.decode(mem, tgt, return_attn=True)
+    h, w = mem["hw"]
+    att = attns[-1][0].mean(0)  # last layer, mean over heads: (T, h*w)
+    tokens = [*vocab.decode(hyp.ids), "<eos>"]
+    maps = [att[t].reshape(h, w).float().numpy() for t in range(len(tokens))]
+    # the encoder pads to a multiple of 16: show the attention over the padded image
+    ph, pw = h * 16, w * 16
+    padded = np.zeros((ph, pw), np.uint8)
+    padded[: img.shape[0], : img.shape[1]] = img
+    attention_grid(padded, maps, tokens).save(args.output)
+    print(f"{' '.join(tokens[:-1])}\nwrote {args.output}")
+    return 0

@@ -1,0 +1,128 @@
+"""``hmer synth``: synthetic handwritten training formulas made of real CROHME training glyphs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+SOURCES = ("im2latex", "crohme", "both")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's sub-commands to the ``hmer`` parser."""
+    p = sub.add_parser(
+        "synth",
+        help="write synthetic handwritten formulas (a Split pickle training can mix in)",
+        description="Lay out LaTeX formulas and write them with real handwritten glyphs cut from "
+        "the CROHME training ink. The output pickle is a hmer Split of Samples; pass it to "
+        "training as extra training data (data.extra_train).",
+    )
+    p.add_argument("--count", type=int, default=1000, help="samples to write (default 1000)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .pkl file, or a folder (then synth-<source>-<count>-s<seed>.pkl inside)",
+    )
+    p.add_argument("--source", choices=SOURCES, default="both", help="formula source")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview", help="write a PNG grid of rendered samples with their LaTeX")
+    p.add_argument("--preview-count", type=int, default=24)
+    p.add_argument("--inkml", action="store_true", help="also write one InkML file per sample")
+    p.add_argument(
+        "--formulas",
+        nargs="+",
+        help="space-tokenized LaTeX files, one formula a line (default: the im2latex files)",
+    )
+    p.add_argument(
+        "--substitute",
+        action="store_true",
+        help="keep im2latex formulas whose letters/Greek are outside the vocabulary by swapping "
+        "them for vocabulary symbols (and dropping accents and font changes)",
+    )
+    p.add_argument("--max-tokens", type=int, default=60)
+    p.add_argument("--data-dir", help="CROHME folder (dictionary, captions); default: auto")
+    p.add_argument("--train-inkml", help="training InkML folder or archive for the glyph bank")
+    p.add_argument("--rebuild-bank", action="store_true", help="rebuild the cached glyph bank")
+    p.set_defaults(func=run)
+
+
+def _out_path(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    if out.suffix == ".pkl":
+        return out
+    return out / f"synth-{args.source}-{args.count}-s{args.seed}.pkl"
+
+
+def run(args: argparse.Namespace) -> int:
+    from hmer.data.dataset import Split, default_data_dir, read_captions, save_atomic
+    from hmer.data.vocab import Vocab
+    from hmer.synthesis.generate import generate, preview_grid, read_im2latex, to_inkml
+    from hmer.synthesis.glyphs import load_bank
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    dictionary = data_dir / "dictionary.txt"
+    if not dictionary.exists():
+        print(f"error: {dictionary} not found (set --data-dir or HMER_DATA)", file=sys.stderr)
+        return 2
+    vocab = set(Vocab.from_dictionary(dictionary).itos[4:])
+
+    t0 = time.perf_counter()
+    bank = load_bank(args.train_inkml, rebuild=args.rebuild_bank)
+    sizes = bank.sizes()
+    print(
+        f"glyph bank: {sum(sizes.values())} glyphs of {len(sizes)} labels "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    drawable = bank.tokens()
+    lacking = sorted(
+        t for t in vocab - drawable if t not in ("{", "}", "^", "_", r"\frac", r"\limits")
+    )
+    if lacking:
+        print(f"  no glyphs for: {' '.join(lacking)}")
+
+    sources: dict[str, list[list[str]]] = {}
+    if args.source in ("im2latex", "both"):
+        paths = args.formulas or sorted((data_dir.parent / "formulas").glob("*.txt"))
+        if not paths:
+            print("error: no formula files (use --formulas)", file=sys.stderr)
+            return 2
+        forms, reasons = read_im2latex(paths, vocab, args.max_tokens, args.substitute)
+        total = len(forms) + sum(reasons.values())
+        share = 100 * len(forms) / max(total, 1)
+        print(f"im2latex: {len(forms)} of {total} formulas kept ({share:.1f}%)")
+        for why, n in reasons.most_common(6):
+            print(f"  {n:6d}  {why}")
+        sources["im2latex"] = forms
+    if args.source in ("crohme", "both"):
+        captions = read_captions(data_dir / "train_caption.txt")
+        sources["crohme"] = [t for t in captions.values() if t and len(t) <= args.max_tokens]
+        print(f"crohme: {len(sources['crohme'])} training captions")
+
+    samples, report, inks = generate(sources, args.count, bank, args.seed, with_symbols=args.inkml)
+    rate = report.made / max(report.seconds, 1e-9)
+    print(
+        f"generated {report.made} samples in {report.seconds:.1f} s ({rate:.0f}/s); "
+        f"skipped {sum(report.skipped.values())} formulas"
+    )
+    for why, n in report.skipped.most_common(5):
+        print(f"  {n:6d}  {why}")
+    if not samples:
+        print("error: nothing generated", file=sys.stderr)
+        return 1
+
+    out = _out_path(args)
+    save_atomic(out, Split(f"synth-{args.source}", samples))
+    print(f"wrote {out}")
+    if args.inkml:
+        folder = out.with_suffix("")
+        folder = folder.parent / f"{folder.name}_inkml"
+        folder.mkdir(parents=True, exist_ok=True)
+        for sample, ink in zip(samples, inks, strict=True):
+            (folder / f"{sample.id}.inkml").write_text(to_inkml(sample, ink.symbols), "utf-8")
+        print(f"wrote {len(samples)} InkML files to {folder}")
+    if args.preview:
+        path = preview_grid(samples[: args.preview_count], args.preview)
+        print(f"wrote preview {path}")
+    return 0

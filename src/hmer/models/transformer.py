@@ -1,0 +1,273 @@
+"""CoMER family: image encoder + Transformer decoder with attention coverage, trained both ways.
+
+Left-to-right targets start with <sos> and end with <eos>; right-to-left targets are the reversed
+tokens, starting with <eos> and ending with <sos> (as in BTTR), so one decoder learns both
+directions and each can rescore the other's hypotheses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hmer.models.encoders import build_encoder, downsample_mask, pad_to_stride
+from hmer.models.positional import ImgPosEnc, WordPosEnc, _sinusoid
+from hmer.models.registry import register
+
+PAD, SOS, EOS = 0, 1, 2
+
+
+class CoverageRefiner(nn.Module):
+    """CoMER's attention refinement: past attention (summed over earlier steps) lowers the scores
+    of regions already read, through a small convolution over the 2-D attention maps."""
+
+    def __init__(self, nhead: int, in_maps: int, channels: int = 32, kernel: int = 5):
+        super().__init__()
+        self.conv = nn.Conv2d(in_maps, channels, kernel, padding=kernel // 2)
+        self.proj = nn.Conv2d(channels, nhead, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(
+        self, attn: torch.Tensor, mem_pad: torch.Tensor, hw: tuple[int, int]
+    ) -> torch.Tensor:
+        return self.from_coverage(attn.cumsum(2) - attn, mem_pad, hw)  # steps before t
+
+    def from_coverage(
+        self, cum: torch.Tensor, mem_pad: torch.Tensor, hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """Score corrections (B, heads, T, L) from summed past attention (B, maps, T, L)."""
+        b, c, t, n = cum.shape
+        h, w = hw
+        x = cum.transpose(1, 2).reshape(b * t, c, h, w)
+        x = F.relu(self.conv(x))
+        pad = mem_pad.view(b, 1, 1, h, w).expand(b, t, 1, h, w).reshape(b * t, 1, h, w)
+        x = self.proj(x.masked_fill(pad, 0.0))
+        return x.view(b, t, -1, n).transpose(1, 2)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm Transformer decoder layer whose cross-attention exposes and refines its weights."""
+
+    def __init__(self, d: int, nhead: int, ffn: int, dropout: float, coverage: bool, first: bool):
+        super().__init__()
+        self.nhead = nhead
+        self.self_attn = nn.MultiheadAttention(d, nhead, dropout=dropout, batch_first=True)
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, d)
+        )
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+        # self coverage from this layer, cross coverage from the layer below (none for the first)
+        self.arm = CoverageRefiner(nhead, nhead if first else 2 * nhead) if coverage else None
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, d = memory.shape
+        k, v = self.kv(memory).view(b, n, 2, self.nhead, d // self.nhead).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, kv, mem_pad, hw, causal, tgt_pad, prev_attn):
+        h = self.norm1(x)
+        x = x + self.drop(
+            self.self_attn(h, h, h, attn_mask=causal, key_padding_mask=tgt_pad, need_weights=False)[
+                0
+            ]
+        )
+        h = self.norm2(x)
+        b, t, d = h.shape
+        q = self.q(h).view(b, t, self.nhead, d // self.nhead).transpose(1, 2)
+        k, v = kv
+        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
+        scores = scores.masked_fill(mem_pad[:, None, None, :], float("-inf"))
+        if self.arm is not None:
+            raw = scores.softmax(-1)
+            maps = raw if prev_attn is None else torch.cat([prev_attn, raw], 1)
+            scores = scores - self.arm(maps, mem_pad, hw).float()
+        attn = scores.softmax(-1)
+        ctx = (self.drop(attn).to(v.dtype) @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.drop(self.out(ctx))
+        x = x + self.drop(self.ffn(self.norm3(x)))
+        return x, attn
+
+    def step(self, x, kv, mem_pad, hw, cache: dict, prev_attn):
+        """One new position (N,1,d) given this layer's ``cache`` of earlier ones (eval only)."""
+        h = self.norm1(x)
+        cache["h"] = h if cache.get("h") is None else torch.cat([cache["h"], h], 1)
+        x = x + self.self_attn(h, cache["h"], cache["h"], need_weights=False)[0]
+        h = self.norm2(x)
+        n, _, d = h.shape
+        q = self.q(h).view(n, 1, self.nhead, d // self.nhead).transpose(1, 2)
+        k, v = kv
+        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
+        scores = scores.masked_fill(mem_pad[:, None, None, :], float("-inf"))
+        if self.arm is not None:
+            raw = scores.softmax(-1)
+            maps = raw if prev_attn is None else torch.cat([prev_attn, raw], 1)
+            cov = cache.get("cov")
+            if cov is None:
+                cov = torch.zeros_like(maps)
+            scores = scores - self.arm.from_coverage(cov, mem_pad, hw).float()
+            cache["cov"] = cov + maps
+        attn = scores.softmax(-1)
+        ctx = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(n, 1, d)
+        x = x + self.out(ctx)
+        return x + self.ffn(self.norm3(x)), attn
+
+
+class TransformerHMER(nn.Module):
+    """Image-to-LaTeX with a CNN encoder, 2-D positions and a coverage Transformer decoder."""
+
+    kind = "seq2seq"
+    input_kind = "image"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        encoder: str = "densenet",
+        encoder_cfg: dict | None = None,
+        d_model: int = 256,
+        nhead: int = 8,
+        num_layers: int = 3,
+        ffn: int = 1024,
+        dropout: float = 0.3,
+        coverage: bool = True,
+        max_len: int = 200,
+    ):
+        super().__init__()
+        self.encoder = build_encoder(encoder, **(encoder_cfg or {}))
+        self.feat_proj = nn.Conv2d(self.encoder.out_channels, d_model, 1)
+        self.img_pos = ImgPosEnc(d_model)
+        self.feat_norm = nn.LayerNorm(d_model)
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.word_pos = WordPosEnc(d_model)
+        self.embed_norm = nn.LayerNorm(d_model)
+        self.layers = nn.ModuleList(
+            DecoderLayer(d_model, nhead, ffn, dropout, coverage, first=i == 0)
+            for i in range(num_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+        self.max_len = max_len
+        self.vocab_size = vocab_size
+
+    # -- encoder -----------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor, masks: torch.Tensor) -> dict:
+        """Images (B,1,H,W) with padding masks (B,H,W) -> memory for decoding."""
+        images, masks = pad_to_stride(images, masks)
+        feat = self.feat_proj(self.encoder(images))  # B, d, h, w
+        fmask = downsample_mask(masks)
+        b, d, h, w = feat.shape
+        feat = self.img_pos(feat.permute(0, 2, 3, 1), fmask)
+        feat = self.feat_norm(feat).reshape(b, h * w, d)
+        return {"memory": feat, "mem_pad": fmask.reshape(b, h * w), "hw": (h, w)}
+
+    def select(self, mem: dict, index: torch.Tensor) -> dict:
+        """Memory rows in ``index`` order (for batching hypotheses)."""
+        return {"memory": mem["memory"][index], "mem_pad": mem["mem_pad"][index], "hw": mem["hw"]}
+
+    # -- decoder -----------------------------------------------------------------------------
+    def decode(self, mem: dict, tgt: torch.Tensor, return_attn: bool = False):
+        """Teacher-forced logits (B,T,V) for input tokens ``tgt`` (B,T)."""
+        t = tgt.shape[1]
+        x = self.embed_norm(self.word_pos(self.embed(tgt)))
+        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tgt.device), 1)
+        tgt_pad = tgt == PAD
+        prev, attns = None, []
+        for layer in self.layers:
+            kv = layer.memory_kv(mem["memory"])
+            x, prev = layer(x, kv, mem["mem_pad"], mem["hw"], causal, tgt_pad, prev)
+            attns.append(prev)
+        logits = self.head(self.final_norm(x))
+        return (logits, attns) if return_attn else logits
+
+    def step(self, mem: dict, prefix: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (N,V) of the next token after each prefix (N,t)."""
+        return self.decode(mem, prefix)[:, -1].float().log_softmax(-1)
+
+    # -- incremental decoding: each step costs one position, not the whole prefix ------------
+    def init_state(self, mem: dict) -> dict:
+        """Decoding state for the rows of ``mem``: memory keys/values and per-layer caches."""
+        return {
+            "kv": [layer.memory_kv(mem["memory"]) for layer in self.layers],
+            "mem_pad": mem["mem_pad"],
+            "hw": mem["hw"],
+            "layers": [{} for _ in self.layers],
+            "t": 0,
+        }
+
+    def step_state(self, last: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """Log-probabilities (N,V) after feeding the newest tokens ``last`` (N,)."""
+        pos = torch.tensor([state["t"]], device=last.device)
+        x = self.embed(last[:, None]) + _sinusoid(pos, self.embed.embedding_dim)
+        x = self.embed_norm(x)
+        prev = None
+        for layer, kv, cache in zip(self.layers, state["kv"], state["layers"], strict=True):
+            x, prev = layer.step(x, kv, state["mem_pad"], state["hw"], cache, prev)
+        state["t"] += 1
+        return self.head(self.final_norm(x))[:, -1].float().log_softmax(-1), state
+
+    @staticmethod
+    def reorder_state(state: dict, rows: torch.Tensor) -> dict:
+        """Keep the state rows in ``rows`` order (beams that survived)."""
+        return {
+            "kv": [(k[rows], v[rows]) for k, v in state["kv"]],
+            "mem_pad": state["mem_pad"][rows],
+            "hw": state["hw"],
+            "layers": [{k: v[rows] for k, v in c.items()} for c in state["layers"]],
+            "t": state["t"],
+        }
+
+    def start_tokens(self, direction: str) -> tuple[int, int]:
+        """(start, end) token ids of a direction: "l2r" or "r2l"."""
+        return (SOS, EOS) if direction == "l2r" else (EOS, SOS)
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, images, masks, tokens, label_smoothing: float = 0.1) -> torch.Tensor:
+        """Training loss (so that DistributedDataParallel can wrap the model)."""
+        return self.loss(images, masks, tokens, label_smoothing)
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        tokens: list[list[int]],
+        label_smoothing: float = 0.1,
+    ) -> torch.Tensor:
+        """Cross-entropy over both directions (teacher forcing)."""
+        mem = self.encode(images, masks)
+        seqs_in, seqs_out = [], []
+        for direction in ("l2r", "r2l"):
+            start, end = self.start_tokens(direction)
+            for seq in tokens:
+                seq = seq[: self.max_len - 1]
+                s = seq if direction == "l2r" else seq[::-1]
+                seqs_in.append([start, *s])
+                seqs_out.append([*s, end])
+        t = max(len(s) for s in seqs_in)
+        t = (t + 7) // 8 * 8  # few distinct shapes
+        dev = images.device
+        tgt_in = torch.full((len(seqs_in), t), PAD, dtype=torch.long, device=dev)
+        tgt_out = torch.full((len(seqs_in), t), PAD, dtype=torch.long, device=dev)
+        for i, (a, b) in enumerate(zip(seqs_in, seqs_out, strict=True)):
+            tgt_in[i, : len(a)] = torch.tensor(a)
+            tgt_out[i, : len(b)] = torch.tensor(b)
+        both = torch.arange(len(tokens), device=dev).repeat(2)
+        logits = self.decode(self.select(mem, both), tgt_in)
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            tgt_out.reshape(-1),
+            ignore_index=PAD,
+            label_smoothing=label_smoothing,
+        )
+
+
+@register("transformer")
+def transformer(vocab_size: int, **cfg) -> TransformerHMER:
+    """CoMER-style model (coverage on by default; ``coverage=False`` gives BTTR)."""
+    return TransformerHMER(vocab_size, **cfg)

@@ -1,0 +1,339 @@
+"""Training loop for the image and stroke models, read top to bottom.
+
+One process trains on its own; under ``torchrun`` each process takes its share of every epoch's
+batches and gradients are averaged by DistributedDataParallel (gloo on CPU).
+Checkpoints are written atomically every few minutes and at each epoch end; ``resume`` continues
+from the exact batch where the last checkpoint was taken, with optimizer, scheduler and RNG states.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pickle
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from hmer.data.batching import BucketSpec, EpochBatches
+from hmer.data.dataset import Sample, default_data_dir, load_cached
+from hmer.data.strokes import StrokeBatches
+from hmer.data.vocab import Vocab
+from hmer.decoding import recognize_batch
+from hmer.evaluation.metrics import exprate
+from hmer.evaluation.plots import training_curves
+from hmer.models import create_model
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a training config (TOML, or JSON as written into run folders)."""
+    with open(path, "rb") as fh:
+        return json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
+
+
+def split_holdout(
+    samples: list[Sample], size: int, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """Deterministically hold ``size`` samples out of ``samples`` for validation."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    held = set(order[:size].tolist())
+    train = [s for i, s in enumerate(samples) if i not in held]
+    val = [s for i, s in enumerate(samples) if i in held]
+    return train, val
+
+
+def load_samples(name: str) -> list[Sample]:
+    """A CROHME split by name ("train", "2014") or a pickled Split / list of Samples by path."""
+    if name.endswith(".pkl"):
+        with open(name, "rb") as fh:
+            obj = pickle.load(fh)
+        return list(obj.samples if hasattr(obj, "samples") else obj)
+    return load_cached(name).samples
+
+
+def trim_csv(path: Path, key: str, last: int) -> None:
+    """Drop log rows past ``last`` (written after the checkpoint a resumed run restarts from)."""
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if rows:
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(r for r in rows if int(r[key]) <= last)
+
+
+def crohme_vocab() -> Vocab:
+    return Vocab.from_dictionary(default_data_dir() / "dictionary.txt")
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 1% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def batches_for(model) -> type:
+    """The batch dataset a model reads: point sequences for stroke models, else rendered images."""
+    return StrokeBatches if getattr(model, "input_kind", "image") == "strokes" else EpochBatches
+
+
+def as_input(x: torch.Tensor) -> torch.Tensor:
+    """Image batches go channels-last (faster convolutions here); point sequences stay as is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+@torch.no_grad()
+def evaluate(
+    model, samples: list[Sample], vocab: Vocab, spec: BucketSpec, bf16: bool
+) -> tuple[dict, list]:
+    """Greedy ExpRate on un-augmented renders; returns metrics and (id, prediction) pairs."""
+    model.eval()
+    data = batches_for(model)(samples, vocab, spec, epoch=0, seed=0, augment=False, shuffle=False)
+    preds, truths, rows = [], [], []
+    max_len = 8 + 2 * max(len(s.tokens) for s in samples)  # an unconverged model never stops
+    for batch in data:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            inputs = as_input(batch["inputs"])
+            hyps = recognize_batch(model, inputs, batch["masks"], beam=1, max_len=max_len)
+        for sid, tok, (h,) in zip(batch["ids"], batch["tokens"], hyps, strict=True):
+            preds.append(vocab.decode(h.ids))
+            truths.append(vocab.decode(tok))
+            rows.append((sid, " ".join(preds[-1])))
+    model.train()
+    return exprate(preds, truths), rows
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    config: dict,
+    run_dir: str | Path,
+    resume: bool = False,
+    init_from: str | None = None,
+    samples: dict[str, list[Sample]] | None = None,
+) -> dict:
+    """Train a model as ``config`` says, writing checkpoints and logs to ``run_dir``.
+
+    ``samples`` may give the splits directly ({"train", "val", "test"}), as the tests do; otherwise
+    the CROHME splits are read from the cache (prepared on first use).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tc, dc, mc = config["train"], config["data"], dict(config["model"])
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    main = rank == 0
+
+    # ---- data ------------------------------------------------------------------------------
+    vocab = Vocab.from_json(config["vocab"]) if "vocab" in config else crohme_vocab()
+    if samples is None:
+        train_all = load_samples(dc.get("train", "train"))
+        train_set, val_set = split_holdout(train_all, dc.get("val_size", 500))
+        for extra in dc.get("extra_train", []):  # e.g. synthetic data; never validated on
+            train_set = train_set + load_samples(extra)
+        test_set = load_samples(dc["test"]) if dc.get("test") else []
+    else:
+        train_set, val_set, test_set = (
+            samples["train"],
+            samples.get("val", []),
+            samples.get("test", []),
+        )
+    spec = BucketSpec(pixels_per_batch=dc.get("pixels_per_batch", BucketSpec.pixels_per_batch))
+
+    # ---- model and optimizer ---------------------------------------------------------------
+    torch.manual_seed(tc.get("seed", 0))
+    name = mc.pop("name")
+    model = create_model(name, len(vocab), **mc).to(memory_format=torch.channels_last)
+    if init_from:
+        from hmer.weights import load_weights
+
+        model.load_state_dict(load_weights(init_from)[0])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
+    bf16 = tc.get("bf16", True)
+    make_batches = batches_for(model)
+    seed = tc.get("seed", 0)
+    steps_per_epoch = len(make_batches(train_set, vocab, spec, 0, seed, rank=rank, world=world))
+    total_steps = tc["epochs"] * steps_per_epoch
+
+    state = {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "seconds": 0.0, "stale": 0}
+    ckpt_path = run_dir / "last.pt"
+    rng_to_restore = None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rng_to_restore = ckpt["torch_rng"]  # set once the data loader has drawn its seed
+        state = ckpt["state"]
+        if main:
+            trim_csv(run_dir / "log.csv", "step", state["step"])
+            trim_csv(run_dir / "eval.csv", "epoch", state["epoch"])
+            print(
+                f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}"
+            )
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    def checkpoint(path: Path = ckpt_path) -> None:
+        if main:
+            save_checkpoint(
+                path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "state": state,
+                    "config": config,
+                    "vocab": vocab.to_json(),
+                },
+            )
+
+    log_path = run_dir / "log.csv"
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")  # noqa: SIM115 (kept open for the whole run)
+    log = csv.writer(log_file)
+    if new_log and main:
+        log.writerow(["step", "epoch", "loss", "lr", "samples_per_s", "cpu_hours"])
+    eval_path = run_dir / "eval.csv"
+    if main and not eval_path.exists():
+        eval_path.write_text("epoch,step,cpu_hours,split,exprate,le1,le2\n")
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+    # ---- loop ------------------------------------------------------------------------------
+    last_ckpt = time.time()
+    model.train()
+    while state["epoch"] < tc["epochs"]:
+        epoch = state["epoch"]
+        data = make_batches(
+            train_set,
+            vocab,
+            spec,
+            epoch,
+            seed,
+            augment=dc.get("augment", True),
+            rank=rank,
+            world=world,
+        )
+        order = list(range(state["batch"], len(data)))
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=None,
+            sampler=order,
+            num_workers=tc.get("num_workers", 1),
+            persistent_workers=False,
+            prefetch_factor=4 if tc.get("num_workers", 1) else None,
+        )
+        # Creating the iterator draws a seed from the torch RNG: a checkpoint from inside an epoch
+        # holds the RNG after that draw, one from an epoch's end holds it before.
+        if rng_to_restore is not None and state["batch"] == 0:
+            torch.set_rng_state(rng_to_restore)
+            rng_to_restore = None
+        batches = iter(loader)
+        if rng_to_restore is not None:
+            torch.set_rng_state(rng_to_restore)
+            rng_to_restore = None
+        bar = tqdm(
+            batches, total=len(order), desc=f"epoch {epoch}", disable=not main, mininterval=30
+        )
+        t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
+        for batch in bar:
+            lr = lr_at(state["step"], total_steps, tc["lr"], tc.get("warmup_steps", 0))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = as_input(batch["inputs"])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = ddp(images, batch["masks"], batch["tokens"], tc.get("label_smoothing", 0.0))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, tc.get("clip_grad", 1.0))
+            optimizer.step()
+
+            state["step"] += 1
+            state["batch"] += 1
+            seen += len(batch["ids"])
+            loss_sum += loss.item()
+            loss_n += 1
+            now = time.time()
+            if state["step"] % 20 == 0 and main:
+                rate = seen * world / (now - t0)
+                cpu_h = (state["seconds"] + now - t0) * world / 3600
+                log.writerow(
+                    [
+                        state["step"],
+                        epoch,
+                        f"{loss_sum / loss_n:.4f}",
+                        f"{lr:.2e}",
+                        f"{rate:.1f}",
+                        f"{cpu_h:.3f}",
+                    ]
+                )
+                log_file.flush()
+                bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", sps=f"{rate:.1f}")
+                loss_sum, loss_n = 0.0, 0
+            if now - last_ckpt > 60 * tc.get("checkpoint_minutes", 5):
+                state["seconds"] += now - t0
+                seen, t0 = 0, now
+                checkpoint()
+                last_ckpt = now
+        state["seconds"] += time.time() - t0
+        state["epoch"] += 1
+        state["batch"] = 0
+
+        # ---- evaluation (rank 0) -----------------------------------------------------------
+        if main:
+            cpu_h = state["seconds"] * world / 3600
+            splits = [("val", val_set)]
+            if test_set and tc.get("test_every", 0) and state["epoch"] % tc["test_every"] == 0:
+                splits.append(("test", test_set))
+            for split_name, split in splits:
+                if not split:
+                    continue
+                metrics, rows = evaluate(model, split, vocab, spec, bf16)
+                with open(eval_path, "a") as fh:
+                    fh.write(
+                        f"{state['epoch']},{state['step']},{cpu_h:.3f},{split_name},"
+                        f"{metrics['exprate']:.2f},{metrics['le1']:.2f},{metrics['le2']:.2f}\n"
+                    )
+                print(f"epoch {state['epoch']} {split_name}: {metrics}", flush=True)
+                (run_dir / f"pred-{split_name}.tsv").write_text(
+                    "".join(f"{i}\t{p}\n" for i, p in rows)
+                )
+                if split_name == "val":
+                    if metrics["exprate"] > state["best"]:
+                        state["best"], state["stale"] = metrics["exprate"], 0
+                        checkpoint(run_dir / "best.pt")
+                    else:
+                        state["stale"] = state.get("stale", 0) + 1
+            checkpoint()
+            training_curves(run_dir)
+            last_ckpt = time.time()
+        patience = tc.get("patience", 0)
+        stop = torch.tensor([int(main and patience > 0 and state.get("stale", 0) >= patience)])
+        if distributed:
+            dist.broadcast(stop, 0)
+        if stop.item():
+            if main:
+                print(f"early stop: no validation gain in {patience} evaluations", flush=True)
+            break
+    log_file.close()
+    if distributed:
+        dist.barrier()  # no rank tears the group down while another still uses it
+        dist.destroy_process_group()
+    return state

@@ -1,0 +1,122 @@
+"""Release weights: safetensors files with their config and vocabulary, checked by SHA-256.
+
+The package ships its default models in ``hmer/weights/``; ``MANIFEST.json`` there lists each file
+with its checksum and the input kind it is the default for. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hmer.data.vocab import Vocab
+from hmer.models import create_model
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MANIFEST = "MANIFEST.json"
+
+
+class WeightsError(RuntimeError):
+    """Missing, corrupt or mismatching weights."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(folder: Path = WEIGHTS_DIR) -> dict:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_release(
+    model: torch.nn.Module,
+    model_config: dict,
+    vocab: Vocab,
+    path: str | Path,
+    fp16: bool = True,
+    default_for: str | None = None,
+    info: dict | None = None,
+) -> Path:
+    """Write ``model`` as safetensors (fp16 floats unless told otherwise) and list it in the
+    folder's manifest with its checksum. ``model_config`` must include the registry ``name``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        tensors[k] = v.half() if fp16 and v.is_floating_point() else v
+    meta = {
+        "config": json.dumps(model_config),
+        "vocab": vocab.to_json(),
+        "info": json.dumps(info or {}),
+    }
+    save_file(tensors, str(path), metadata=meta)
+    manifest = read_manifest(path.parent)
+    entry = {"sha256": sha256(path), "input_kind": getattr(model, "input_kind", "image")}
+    if default_for:
+        entry["default_for"] = default_for
+        for other in manifest.values():
+            if other.get("default_for") == default_for:
+                other.pop("default_for")
+    manifest[path.name] = entry
+    (path.parent / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a safetensors release (checksum verified when its folder's manifest lists it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    entry = read_manifest(path.parent).get(path.name)
+    if entry and entry["sha256"] != sha256(path):
+        raise WeightsError(f"{path}: checksum mismatch (file corrupt or replaced)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            meta = dict(fh.metadata() or {})
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return state, {
+        "config": json.loads(meta.get("config", "{}")),
+        "vocab": meta.get("vocab"),
+        "info": json.loads(meta.get("info", "{}")),
+    }
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, Vocab, dict]:
+    """Build the model a release describes and load its weights (eval mode)."""
+    state, meta = load_weights(path)
+    if not meta["vocab"] or "name" not in meta["config"]:
+        raise WeightsError(f"{path}: no model config/vocabulary in the file's metadata")
+    vocab = Vocab.from_json(meta["vocab"])
+    cfg = dict(meta["config"])
+    model = create_model(cfg.pop("name"), len(vocab), **cfg)
+    model.load_state_dict(state)
+    model.eval()
+    return model, vocab, meta
+
+
+def default_weights(input_kind: str) -> Path:
+    """The shipped default model file for "image" or "strokes" input."""
+    for name, entry in read_manifest().items():
+        if entry.get("default_for") == input_kind:
+            return WEIGHTS_DIR / name
+    raise WeightsError(f"no default {input_kind} model is shipped in {WEIGHTS_DIR}")
+
+
+def shipped_models() -> dict[str, dict]:
+    """The manifest of shipped weights: file name -> checksum, input kind, default role."""
+    return read_manifest()

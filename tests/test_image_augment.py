@@ -1,0 +1,95 @@
+"""Image-level augmentation: deterministic, normalized, and actually changing the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from inkml_samples import x_plus_one
+
+from hmer.data.augment import ImageAugment, InkAugment, normalize_intensity
+from hmer.data.render import render_natural
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return render_natural([t * 3 for t in x_plus_one()[0]])
+
+
+def test_deterministic_under_a_seed(image):
+    aug = ImageAugment()
+    a = aug(image, np.random.default_rng(7))
+    b = aug(image, np.random.default_rng(7))
+    c = aug(image, np.random.default_rng(8))
+    assert np.array_equal(a, b)
+    assert a.shape != c.shape or not np.allclose(a, c)
+
+
+def test_output_is_normalized(image):
+    aug = ImageAugment()
+    for seed in range(12):
+        out = aug(image, np.random.default_rng(seed))
+        assert out.dtype == np.float32 and out.ndim == 2
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        assert np.median(out) < 0.1  # background
+        ink = out > 0.5
+        assert ink.mean() > 0.01 and np.median(out[ink]) > 0.85  # ink near 1
+        assert max(out.shape) <= aug.max_side
+
+
+def test_identity_settings_keep_the_image(image):
+    still = ImageAugment(rotate_deg=0, shear=0, scale=(1, 1), aspect=0, padding=(0, 0),
+                         stroke_p=0, brightness=0, background=0, blur_p=0, noise=0)
+    out = still(image, np.random.default_rng(0))
+    assert out.shape == image.shape
+    assert np.abs(out - image / 255.0).max() < 0.02
+
+
+def test_geometry_changes_size_and_padding(image):
+    big = ImageAugment(rotate_deg=0, shear=0, scale=(2, 2), aspect=0, padding=(5, 5), stroke_p=0,
+                       blur_p=0, noise=0)
+    out = big(image, np.random.default_rng(0))
+    h, w = image.shape
+    assert abs(out.shape[0] - (2 * h + 10)) <= 3 and abs(out.shape[1] - (2 * w + 10)) <= 3
+    assert out[:4].max() == 0 and out[:, :4].max() == 0  # the added margin is background
+
+
+def test_stroke_width_changes_ink_area(image):
+    base = dict(rotate_deg=0, shear=0, scale=(1, 1), aspect=0, padding=(0, 0), blur_p=0, noise=0,
+                brightness=0, background=0, stroke_p=1.0)
+    areas = {(ImageAugment(**base)(image, np.random.default_rng(s)) > 0.5).sum() for s in range(8)}
+    assert min(areas) < (image > 127).sum() < max(areas)
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError):
+        ImageAugment()(np.zeros((0, 5), np.uint8), np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        ImageAugment()(np.zeros((4, 5, 3), np.uint8), np.random.default_rng(0))
+
+
+def test_normalize_intensity():
+    x = np.full((20, 20), 40, np.uint8)
+    x[5:15, 9:11] = 200
+    out = normalize_intensity(x)
+    assert out[0, 0] == 0.0 and out[10, 10] == pytest.approx(1.0)
+    assert not normalize_intensity(np.zeros((5, 5), np.uint8)).any()
+
+
+def test_ink_augment_unchanged():
+    # The ink-level augmentation keeps its behaviour (training runs depend on it).
+    traces = [t.astype(np.float32) for t in x_plus_one()[0]]
+    a = InkAugment()(traces, np.random.default_rng(0))
+    b = InkAugment()(traces, np.random.default_rng(0))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_too_large_output_is_shrunk_not_cropped():
+    wide = np.zeros((40, 600), np.uint8)
+    wide[10:30, 5:15] = 255  # ink at both ends
+    wide[10:30, 585:595] = 255
+    aug = ImageAugment(rotate_deg=0, shear=0, scale=(2, 2), aspect=0, padding=(0, 0), stroke_p=0,
+                       blur_p=0, noise=0, max_side=400)
+    out = aug(wide, np.random.default_rng(0))
+    assert max(out.shape) <= 400
+    cols = np.flatnonzero(out.max(axis=0) > 0.5)
+    assert cols[0] < 20 and cols[-1] > out.shape[1] - 20

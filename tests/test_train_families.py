@@ -1,0 +1,47 @@
+"""The training loop runs every input kind and model kind: strokes, CTC, unidirectional seq2seq."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hmer.data.batching import BucketSpec
+from hmer.models import create_model
+from hmer.training.train import batches_for, evaluate, train
+
+CNN = {"widths": [8, 16, 16, 16], "dropout": 0.0}
+MODELS = {
+    "strokes": {"name": "strokes", "conv_channels": [16, 32], "context_layers": 1, "d_model": 32,
+                "nhead": 4, "num_layers": 1, "ffn": 64, "dropout": 0.0},
+    "crnn": {"name": "crnn", "encoder_cfg": CNN, "hidden": 32, "lstm_layers": 1, "dropout": 0.0},
+    "wap": {"name": "seq2seq", "encoder_cfg": CNN, "ann_dim": 32, "embed_dim": 32, "hidden": 32,
+            "attn_dim": 32, "coverage": True, "cov_channels": 8, "dropout": 0.0},
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_train_one_epoch_and_evaluate(tmp_path, samples, vocab, name):
+    cfg = {
+        "model": dict(MODELS[name]),
+        "data": {"pixels_per_batch": 2 * 64 * 256, "augment": True},
+        "train": {"epochs": 1, "lr": 3e-3, "bf16": True, "seed": 0, "num_workers": 0},
+        "vocab": vocab.to_json(),
+    }
+    state = train(cfg, tmp_path / name, samples={"train": samples, "val": samples})
+    assert state["epoch"] == 1 and state["step"] > 0
+    rows = (tmp_path / name / "eval.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("1,")
+
+
+def test_evaluate_reads_the_models_input_kind(samples, vocab):
+    model = create_model("strokes", len(vocab), **{k: v for k, v in MODELS["strokes"].items()
+                                                    if k != "name"})
+    assert batches_for(model).__name__ == "StrokeBatches"
+    metrics, rows = evaluate(model, samples, vocab, BucketSpec(), bf16=False)
+    assert set(metrics) == {"exprate", "le1", "le2"} and len(rows) == len(samples)
+    assert model.training  # evaluate puts the model back in training mode
+    image_model = create_model("crnn", len(vocab), encoder_cfg=CNN, hidden=16, lstm_layers=1)
+    assert batches_for(image_model).__name__ == "EpochBatches"
+    with torch.no_grad():
+        metrics, rows = evaluate(image_model, samples, vocab, BucketSpec(), bf16=True)
+    assert len(rows) == len(samples)
