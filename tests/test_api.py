@@ -338,12 +338,12 @@ def test_inference_runs_off_the_event_loop_and_concurrently():
             tasks = [asyncio.ensure_future(p) for p in posts]
             await asyncio.sleep(0.05)
             health = await c.get("/healthz")
-            health_at = time.perf_counter() - t0
+            pending = sum(not t.done() for t in tasks)
             answers = await asyncio.gather(*tasks)
-            return health, health_at, answers, time.perf_counter() - t0
+            return health, pending, answers, time.perf_counter() - t0
 
-    health, health_at, answers, total = asyncio.run(scenario())
-    assert health.status_code == 200 and health_at < 0.3  # not stuck behind recognition
+    health, pending, answers, total = asyncio.run(scenario())
+    assert health.status_code == 200 and pending > 0  # answered while recognitions still ran
     assert [a.status_code for a in answers] == [200] * 4
     assert total < 1.2  # four 0.4 s recognitions overlapped (serially: 1.6 s)
 

@@ -18,7 +18,7 @@ class _NoCache:
         self.m = model
 
     def __getattr__(self, name):
-        if name in ("init_state", "step_state", "reorder_state"):
+        if name in ("decoder_state", "step_state", "reorder_state"):
             raise AttributeError(name)
         return getattr(self.m, name)
 
@@ -38,7 +38,7 @@ def test_step_state_matches_full_decode():
         mem = model.encode(x, torch.zeros(2, 48, 96, dtype=torch.bool))
         tgt = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 9, 4, 4, 6, 5]])
         full = model.decode(mem, tgt).float().log_softmax(-1)
-        state = model.init_state(mem)
+        state = model.decoder_state(mem)
         for t in range(tgt.shape[1]):
             lp, state = model.step_state(tgt[:, t], state)
             assert torch.allclose(lp, full[:, t], atol=1e-4), (coverage, t)

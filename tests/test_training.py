@@ -62,7 +62,8 @@ def _weights(run_dir):
 
 def test_resume_after_kill_continues_exactly(tmp_path, samples, vocab):
     samples = samples * 4  # several batches per epoch, so the kill lands mid-epoch
-    cfg, cfg_path = _config_files(tmp_path, samples, vocab, epochs=3, checkpoint_minutes=0)
+    epochs = 8
+    cfg, cfg_path = _config_files(tmp_path, samples, vocab, epochs=epochs, checkpoint_minutes=0)
     train(cfg, tmp_path / "straight")
 
     run = tmp_path / "killed"
@@ -77,15 +78,15 @@ def test_resume_after_kill_continues_exactly(tmp_path, samples, vocab):
     deadline = time.time() + 600
     while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.7)
+    time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed: make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["state"]
-    assert killed_at["epoch"] < 3
+    assert killed_at["epoch"] < epochs
 
     state = train(cfg, run, resume=True)
-    assert state["epoch"] == 3
+    assert state["epoch"] == epochs
     straight, resumed = _weights(tmp_path / "straight"), _weights(run)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key

@@ -33,7 +33,7 @@ class _Stepper:
 
     def __init__(self, model, mem: dict):
         self.model, self.mem = model, mem
-        self.state = model.init_state(mem) if hasattr(model, "init_state") else None
+        self.state = model.decoder_state(mem) if hasattr(model, "decoder_state") else None
 
     def __call__(self, prefix: torch.Tensor) -> torch.Tensor:
         if self.state is None:

@@ -191,7 +191,7 @@ class TransformerHMER(nn.Module):
         return self.decode(mem, prefix)[:, -1].float().log_softmax(-1)
 
     # -- incremental decoding: each step costs one position, not the whole prefix ------------
-    def init_state(self, mem: dict) -> dict:
+    def decoder_state(self, mem: dict) -> dict:
         """Decoding state for the rows of ``mem``: memory keys/values and per-layer caches."""
         return {
             "kv": [layer.memory_kv(mem["memory"]) for layer in self.layers],
