@@ -29,7 +29,8 @@ class Hypothesis:
 
 class _Stepper:
     """Next-token log-probabilities for growing prefixes: incremental when the model keeps a
-    decoding state (``decoder_state``/``step_state``/``reorder_state``), else from the whole prefix."""
+    decoding state (``decoder_state``/``step_state``/``reorder_state``), else from the whole
+    prefix."""
 
     def __init__(self, model, mem: dict):
         self.model, self.mem = model, mem
