@@ -44,10 +44,18 @@ def serve_tiny(port: int, workers: int, threads: int) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     vocab = Vocab(["x", "+", "1", "2", "=", "\\frac", "{", "}"])
-    model = create_model("transformer", len(vocab), encoder_cfg={"growth": 4, "depth": 2},
-                         d_model=32, nhead=2, num_layers=1, ffn=64)
-    app = create_app({"tiny": Recognizer(model, vocab, "tiny", beam=2)},
-                     Limits(max_concurrency=workers))
+    model = create_model(
+        "transformer",
+        len(vocab),
+        encoder_cfg={"growth": 4, "depth": 2},
+        d_model=32,
+        nhead=2,
+        num_layers=1,
+        ffn=64,
+    )
+    app = create_app(
+        {"tiny": Recognizer(model, vocab, "tiny", beam=2)}, Limits(max_concurrency=workers)
+    )
     uvicorn.run(app, host=HOST, port=port, log_level="warning")
 
 
@@ -59,13 +67,33 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     if args.default_model or args.model:
-        cmd = [sys.executable, "-m", "hmer.cli", "serve", "--host", HOST, "--port", str(port),
-               "--workers", str(args.workers), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hmer.cli",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+        ]
         if args.model:
             cmd += ["--model", args.model]
     else:
-        cmd = [sys.executable, __file__, "--serve-tiny", str(port),
-               "--workers", str(args.workers), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--serve-tiny",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+        ]
     return subprocess.Popen(cmd)
 
 
@@ -110,9 +138,15 @@ def make_inputs() -> tuple[bytes, list]:
 
     img = Image.new("L", (220, 80), 255)
     d = ImageDraw.Draw(img)
-    for line in ([(15, 15), (45, 60)], [(45, 15), (15, 60)], [(65, 38), (100, 38)],
-                 [(82, 20), (82, 56)], [(120, 25), (130, 15), (130, 62)],
-                 [(150, 32), (185, 32)], [(150, 45), (185, 45)]):
+    for line in (
+        [(15, 15), (45, 60)],
+        [(45, 15), (15, 60)],
+        [(65, 38), (100, 38)],
+        [(82, 20), (82, 56)],
+        [(120, 25), (130, 15), (130, 62)],
+        [(150, 32), (185, 32)],
+        [(150, 45), (185, 45)],
+    ):
         d.line(line, fill=20, width=4)
     buf = io.BytesIO()
     img.save(buf, "PNG")
@@ -128,8 +162,14 @@ def make_inputs() -> tuple[bytes, list]:
 
 # -- the load ------------------------------------------------------------------------------------
 async def client_loop(
-    client: httpx.AsyncClient, url: str, k: int, deadline: float, budget: list[int],
-    png: bytes, strokes: list, out: list[tuple[str, float, int]],
+    client: httpx.AsyncClient,
+    url: str,
+    k: int,
+    deadline: float,
+    budget: list[int],
+    png: bytes,
+    strokes: list,
+    out: list[tuple[str, float, int]],
 ) -> None:
     i = k
     while time.monotonic() < deadline and budget[0] > 0:
@@ -181,10 +221,12 @@ async def run(args: argparse.Namespace) -> dict:
             budget = [args.max_requests]
             t0 = time.monotonic()
             deadline = t0 + args.seconds
-            await asyncio.gather(*(
-                client_loop(client, url, k, deadline, budget, png, strokes, results)
-                for k in range(args.clients)
-            ))
+            await asyncio.gather(
+                *(
+                    client_loop(client, url, k, deadline, budget, png, strokes, results)
+                    for k in range(args.clients)
+                )
+            )
             elapsed = time.monotonic() - t0
             sampler.cancel()
             rss_end = rss_mb(proc.pid)
@@ -220,8 +262,10 @@ async def run(args: argparse.Namespace) -> dict:
         "image": summary([r for r in results if r[0] == "image"]),
         "strokes": summary([r for r in results if r[0] == "strokes"]),
         "statuses": statuses,
-        "rss_mb": {k: round(v, 1) if v else None
-                   for k, v in (("start", rss_start), ("peak", peak[0]), ("end", rss_end))},
+        "rss_mb": {
+            k: round(v, 1) if v else None
+            for k, v in (("start", rss_start), ("peak", peak[0]), ("end", rss_end))
+        },
     }
 
 
@@ -233,8 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-model", action="store_true", help="serve the shipped models")
     p.add_argument("--model", help="serve this model file")
     p.add_argument("--beam", type=int, default=None, help="beam width for every request")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="server: inputs recognized at once")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="server: inputs recognized at once",
+    )
     p.add_argument("--threads", type=int, default=1, help="server: torch threads per worker")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     p.add_argument("--startup-timeout", type=float, default=120.0)
@@ -250,13 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"server: {report['server']}  clients: {report['clients']}  "
-          f"time: {report['seconds']} s  workers: {report['workers']} x "
-          f"{report['threads_per_worker']} thread(s)")
+    print(
+        f"server: {report['server']}  clients: {report['clients']}  "
+        f"time: {report['seconds']} s  workers: {report['workers']} x "
+        f"{report['threads_per_worker']} thread(s)"
+    )
     for kind in ("all", "image", "strokes"):
         s = report[kind]
-        print(f"  {kind:8s} {s['requests']:6d} req  {s['throughput_rps']:7.2f} req/s  "
-              f"p50 {s['p50_ms']:8.1f} ms  p95 {s['p95_ms']:8.1f} ms  errors {s['errors']}")
+        print(
+            f"  {kind:8s} {s['requests']:6d} req  {s['throughput_rps']:7.2f} req/s  "
+            f"p50 {s['p50_ms']:8.1f} ms  p95 {s['p95_ms']:8.1f} ms  errors {s['errors']}"
+        )
     print(f"  statuses: {report['statuses']}")
     m = report["rss_mb"]
     print(f"  server RSS: start {m['start']} MB, peak {m['peak']} MB, end {m['end']} MB")

@@ -117,9 +117,15 @@ def bench_config(path: Path, args, samples: list[Sample], vocab: Vocab) -> dict:
     make = batches_for(model)
     data = make(samples, vocab, spec, epoch=0, seed=0)
     batches = [data[k] for k in range(min(args.batches, len(data)))]
-    row = {"config": path.stem, "family": name, "kind": model.kind, "input": model.input_kind,
-           "params": n_params, "fp16_mb": 2 * n_params / 1e6,
-           "batch_shapes": len({tuple(b["inputs"].shape) for b in batches})}
+    row = {
+        "config": path.stem,
+        "family": name,
+        "kind": model.kind,
+        "input": model.input_kind,
+        "params": n_params,
+        "fp16_mb": 2 * n_params / 1e6,
+        "batch_shapes": len({tuple(b["inputs"].shape) for b in batches}),
+    }
     for label, bf16 in (("fp32", False), ("bf16", True)):
         row[f"warm_{label}"], row[f"train_{label}"] = train_rate(model, batches, bf16)
     plain = make(samples[: args.latency_samples], vocab, spec, 0, 0, augment=False, shuffle=False)
@@ -144,9 +150,11 @@ def table(rows: list[dict], args, source: str) -> str:
         " latency = ms per expression, batch of one, fp32, untrained weights capped at the"
         " reference length + 1 tokens.\n\n"
     )
-    cols = ("| config | family | kind | input | params | fp16 MB | train fp32 | train bf16 "
-            f"| greedy p50 / p90 ms | beam-{args.beam} p50 / p90 ms |\n"
-            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+    cols = (
+        "| config | family | kind | input | params | fp16 MB | train fp32 | train bf16 "
+        f"| greedy p50 / p90 ms | beam-{args.beam} p50 / p90 ms |\n"
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
     lines = [
         f"| {r['config']} | {r['family']} | {r['kind']} | {r['input']} | {r['params'] / 1e6:.2f}M "
         f"| {r['fp16_mb']:.1f} | {r['train_fp32']:.1f} ({r['warm_fp32']:.1f}) "

@@ -40,8 +40,13 @@ def x_plus_one() -> tuple[list[np.ndarray], list[tuple[str, list[int]]]]:
     def line(x0, y0, x1, y1):
         return np.hstack([x0 + (x1 - x0) * t, y0 + (y1 - y0) * t])
 
-    traces = [line(0, 0, 8, 10), line(8, 0, 0, 10), line(12, 5, 20, 5), line(16, 1, 16, 9),
-              line(26, 0, 26, 10)]
+    traces = [
+        line(0, 0, 8, 10),
+        line(8, 0, 0, 10),
+        line(12, 5, 20, 5),
+        line(16, 1, 16, 9),
+        line(26, 0, 26, 10),
+    ]
     return traces, [("x", [0, 1]), ("+", [2, 3]), ("1", [4])]
 
 

@@ -24,8 +24,13 @@ def tiny_image_recognizer(name: str = "tiny", beam: int = 2) -> Recognizer:
     torch.manual_seed(0)
     vocab = Vocab(TOKENS)
     model = create_model(
-        "transformer", len(vocab), encoder_cfg={"growth": 4, "depth": 2}, d_model=32, nhead=2,
-        num_layers=1, ffn=64,
+        "transformer",
+        len(vocab),
+        encoder_cfg={"growth": 4, "depth": 2},
+        d_model=32,
+        nhead=2,
+        num_layers=1,
+        ffn=64,
     )
     return Recognizer(model, vocab, name, beam=beam)
 
@@ -35,8 +40,14 @@ def tiny_stroke_recognizer(name: str = "tiny-strokes", beam: int = 2) -> Recogni
     torch.manual_seed(0)
     vocab = Vocab(TOKENS)
     model = create_model(
-        "strokes", len(vocab), conv_channels=(16, 32), context_layers=1, d_model=32, nhead=2,
-        num_layers=1, ffn=64,
+        "strokes",
+        len(vocab),
+        conv_channels=(16, 32),
+        context_layers=1,
+        d_model=32,
+        nhead=2,
+        num_layers=1,
+        ffn=64,
     )
     return Recognizer(model, vocab, name, beam=beam)
 

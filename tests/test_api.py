@@ -117,8 +117,9 @@ def test_recognize_image_multipart(client):
 
 
 def test_recognize_raw_image_body(client):
-    resp = client.post("/v1/recognize?beam=1", content=png_bytes(),
-                       headers={"content-type": "image/png"})
+    resp = client.post(
+        "/v1/recognize?beam=1", content=png_bytes(), headers={"content-type": "image/png"}
+    )
     assert resp.status_code == 200, resp.text
     check_result(resp.json())
 
@@ -138,11 +139,16 @@ def test_page_assets_and_offline_docs(client):
     page = client.get("/")
     assert page.status_code == 200 and '<canvas id="pad"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for path in ("/static/app.js", "/static/style.css", "/static/vendor/katex/katex.min.js",
-                 "/static/vendor/katex/katex.min.css", "/static/vendor/katex/LICENSE",
-                 "/static/vendor/katex/fonts/KaTeX_Main-Regular.woff2",
-                 "/static/vendor/swagger-ui/swagger-ui-bundle.js",
-                 "/static/vendor/swagger-ui/swagger-ui.css"):
+    for path in (
+        "/static/app.js",
+        "/static/style.css",
+        "/static/vendor/katex/katex.min.js",
+        "/static/vendor/katex/katex.min.css",
+        "/static/vendor/katex/LICENSE",
+        "/static/vendor/katex/fonts/KaTeX_Main-Regular.woff2",
+        "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/static/vendor/swagger-ui/swagger-ui.css",
+    ):
         assert client.get(path).status_code == 200, path
     assert "http" not in page.text.replace("http-equiv", "")  # nothing loaded from elsewhere
     docs = client.get("/docs")
@@ -183,8 +189,11 @@ def test_too_large_while_reading_a_chunked_body(small):
 
 
 def test_invalid_content_length(small):
-    resp = small.post("/v1/recognize", content=b"{}",
-                      headers={"content-type": "application/json", "content-length": "abc"})
+    resp = small.post(
+        "/v1/recognize",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": "abc"},
+    )
     assert resp.status_code == 400
 
 
@@ -201,8 +210,9 @@ def test_unsupported_content_type(client, ctype):
 
 def test_corrupt_image(client):
     files = {"file": ("bad.png", b"\x89PNG\r\n\x1a\n not really", "image/png")}
-    assert "not a readable image" in error_of(client.post("/v1/recognize", files=files), 422,
-                                              "bad_input")
+    assert "not a readable image" in error_of(
+        client.post("/v1/recognize", files=files), 422, "bad_input"
+    )
     resp = client.post("/v1/recognize", content=b"", headers={"content-type": "image/png"})
     assert "empty" in error_of(resp, 422, "bad_input")
 
@@ -213,10 +223,14 @@ def test_blank_image(client):
 
 
 def test_multipart_without_file_or_boundary(client):
-    error_of(client.post("/v1/recognize", data={"beam": "1"}, files={"other": ("a", b"x")}), 422,
-             "missing_file")
-    resp = client.post("/v1/recognize", content=b"--x\r\n",
-                       headers={"content-type": "multipart/form-data"})
+    error_of(
+        client.post("/v1/recognize", data={"beam": "1"}, files={"other": ("a", b"x")}),
+        422,
+        "missing_file",
+    )
+    resp = client.post(
+        "/v1/recognize", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
+    )
     error_of(resp, 400, "bad_request")
 
 
@@ -353,8 +367,14 @@ def test_serve_command_loads_given_models(tmp_path, image_rec, stroke_rec):
     from hmer.interfaces.cli_serve import _load
     from hmer.weights import save_release
 
-    cfg = {"name": "transformer", "encoder_cfg": {"growth": 4, "depth": 2}, "d_model": 32,
-           "nhead": 2, "num_layers": 1, "ffn": 64}
+    cfg = {
+        "name": "transformer",
+        "encoder_cfg": {"growth": 4, "depth": 2},
+        "d_model": 32,
+        "nhead": 2,
+        "num_layers": 1,
+        "ffn": 64,
+    }
     path = save_release(image_rec.model, cfg, image_rec.vocab, tmp_path / "img.safetensors")
     args = build_parser().parse_args(["serve", "--model", str(path), "--stroke-model", "none"])
     assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 8000, 10.0)
@@ -373,13 +393,25 @@ def test_response_is_plain_json(client):
 
 def test_garbage_bodies_never_give_500(client):
     rng = random.Random(7)
-    types = ["application/json", "multipart/form-data; boundary=xyz", "image/png", "image/jpeg",
-             "application/octet-stream", "multipart/form-data; boundary="]
-    seeds = [b'{"strokes": [[[0, 0]]]', b"--xyz\r\nContent-Disposition: form-data; name=\"file\"",
-             b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"\xff\xd8\xff\xe0", b'{"strokes": [[[']
+    types = [
+        "application/json",
+        "multipart/form-data; boundary=xyz",
+        "image/png",
+        "image/jpeg",
+        "application/octet-stream",
+        "multipart/form-data; boundary=",
+    ]
+    seeds = [
+        b'{"strokes": [[[0, 0]]]',
+        b'--xyz\r\nContent-Disposition: form-data; name="file"',
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        b"\xff\xd8\xff\xe0",
+        b'{"strokes": [[[',
+    ]
     for _ in range(150):
         body = rng.choice(seeds)[: rng.randrange(40)] + rng.randbytes(rng.randrange(300))
-        resp = client.post("/v1/recognize", content=body,
-                           headers={"content-type": rng.choice(types)})
+        resp = client.post(
+            "/v1/recognize", content=body, headers={"content-type": rng.choice(types)}
+        )
         assert 400 <= resp.status_code < 500, (resp.status_code, body)
         assert resp.json()["code"]

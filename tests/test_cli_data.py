@@ -41,8 +41,18 @@ def run(capsys, *argv):
 
 def test_prepare_folder_without_captions(tmp_path, inkml_dir, capsys):
     cache = tmp_path / "cache"
-    args = ["data", "prepare", "--data-dir", tmp_path, "--cache-dir", cache, "--quiet",
-            "--splits", f"tiny={inkml_dir}", "--render"]
+    args = [
+        "data",
+        "prepare",
+        "--data-dir",
+        tmp_path,
+        "--cache-dir",
+        cache,
+        "--quiet",
+        "--splits",
+        f"tiny={inkml_dir}",
+        "--render",
+    ]
     code, out, err = run(capsys, *args)
     assert code == 1  # broken files make the batch fail, after doing the rest
     for name in ("empty", "broken", "bomb"):
@@ -78,15 +88,36 @@ def test_prepare_with_captions_and_crohme_folder(tmp_path, capsys):
     write_inkml(folder / "e1.inkml", truth="$x+1$")
     write_inkml(folder / "e2.inkml", truth="$x+1$")
     (data / "2014_caption.txt").write_text("e1\tx + 1\n", encoding="utf-8")
-    code, out, err = run(capsys, "data", "prepare", "--data-dir", data, "--cache-dir",
-                         tmp_path / "c", "--splits", "2014", "--quiet")
+    code, out, err = run(
+        capsys,
+        "data",
+        "prepare",
+        "--data-dir",
+        data,
+        "--cache-dir",
+        tmp_path / "c",
+        "--splits",
+        "2014",
+        "--quiet",
+    )
     assert code == 1 and "e2: no caption" in err
     assert "2014: 1 expressions" in out and "captions 2014_caption.txt" in out
 
 
 def test_prepare_missing_source(tmp_path, capsys):
-    code, out, err = run(capsys, "data", "prepare", "--data-dir", tmp_path, "--cache-dir",
-                         tmp_path / "c", "--splits", "train", f"x={tmp_path / 'nope'}", "--quiet")
+    code, out, err = run(
+        capsys,
+        "data",
+        "prepare",
+        "--data-dir",
+        tmp_path,
+        "--cache-dir",
+        tmp_path / "c",
+        "--splits",
+        "train",
+        f"x={tmp_path / 'nope'}",
+        "--quiet",
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "TrainINKML" in lines[0] and "nope" in lines[1]
@@ -95,8 +126,19 @@ def test_prepare_missing_source(tmp_path, capsys):
 @pytest.fixture
 def prepared(tmp_path, inkml_dir, capsys):
     cache = tmp_path / "cache"
-    main(["data", "prepare", "--data-dir", str(tmp_path), "--cache-dir", str(cache), "--quiet",
-          "--splits", f"tiny={inkml_dir}"])
+    main(
+        [
+            "data",
+            "prepare",
+            "--data-dir",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache),
+            "--quiet",
+            "--splits",
+            f"tiny={inkml_dir}",
+        ]
+    )
     capsys.readouterr()
     return cache
 
@@ -114,8 +156,22 @@ def test_stats(prepared, capsys):
 
 def test_augment_grid(prepared, tmp_path, capsys):
     out_png = tmp_path / "grid.png"
-    argv = ["data", "augment-grid", "--split", "tiny", "--cache-dir", prepared, "-n", "2",
-            "--variants", "2", "--seed", "1", "-o", out_png]
+    argv = [
+        "data",
+        "augment-grid",
+        "--split",
+        "tiny",
+        "--cache-dir",
+        prepared,
+        "-n",
+        "2",
+        "--variants",
+        "2",
+        "--seed",
+        "1",
+        "-o",
+        out_png,
+    ]
     assert run(capsys, *argv)[0] == 0
     first = out_png.read_bytes()
     grid = np.asarray(Image.open(out_png))
@@ -125,11 +181,21 @@ def test_augment_grid(prepared, tmp_path, capsys):
 
 
 def test_check_normalization(prepared, capsys):
-    code, out, _ = run(capsys, "data", "check-normalization", "--splits", "tiny", "--cache-dir",
-                       prepared)
+    code, out, _ = run(
+        capsys, "data", "check-normalization", "--splits", "tiny", "--cache-dir", prepared
+    )
     assert code == 0 and "3/3" in out and "100.00%" in out
-    code, _, err = run(capsys, "data", "check-normalization", "--splits", "tiny", "--cache-dir",
-                       prepared, "--min", "101")
+    code, _, err = run(
+        capsys,
+        "data",
+        "check-normalization",
+        "--splits",
+        "tiny",
+        "--cache-dir",
+        prepared,
+        "--min",
+        "101",
+    )
     assert code == 1 and "below" in err
 
 
@@ -140,23 +206,45 @@ def test_render(tmp_path, inkml_dir, capsys):
     boxed = np.asarray(Image.open(out_png))
     assert (boxed == 128).any()  # the box outlines
 
-    code, _, _ = run(capsys, "data", "render", inkml_dir / "a.inkml", "-o", out_png, "--size",
-                     "64", "256", "--no-antialias", "--line-width", "2")
+    code, _, _ = run(
+        capsys,
+        "data",
+        "render",
+        inkml_dir / "a.inkml",
+        "-o",
+        out_png,
+        "--size",
+        "64",
+        "256",
+        "--no-antialias",
+        "--line-width",
+        "2",
+    )
     img = np.asarray(Image.open(out_png))
     assert code == 0 and img.shape == (64, 256) and set(np.unique(img)) <= {0, 255}
 
     out_dir = tmp_path / "many"
-    code, out, err = run(capsys, "data", "render", inkml_dir / "a.inkml", inkml_dir / "bomb.inkml",
-                         inkml_dir / "missing.inkml", inkml_dir / "c.inkml", "-o", out_dir,
-                         "--boxes")
+    code, out, err = run(
+        capsys,
+        "data",
+        "render",
+        inkml_dir / "a.inkml",
+        inkml_dir / "bomb.inkml",
+        inkml_dir / "missing.inkml",
+        inkml_dir / "c.inkml",
+        "-o",
+        out_dir,
+        "--boxes",
+    )
     assert code == 1
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.png", "c.png"]
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == 2 and "bomb.inkml" in errors[0] and "missing.inkml" in errors[1]
     assert "no symbol segmentation" in err  # c.inkml: a note, not a failure
 
-    code, _, err = run(capsys, "data", "render", inkml_dir / "a.inkml", "--mode", "natural",
-                       "--size", "64", "64")
+    code, _, err = run(
+        capsys, "data", "render", inkml_dir / "a.inkml", "--mode", "natural", "--size", "64", "64"
+    )
     assert code == 2 and "--size" in err
 
 

@@ -37,16 +37,27 @@ def test_output_is_normalized(image):
 
 
 def test_identity_settings_keep_the_image(image):
-    still = ImageAugment(rotate_deg=0, shear=0, scale=(1, 1), aspect=0, padding=(0, 0),
-                         stroke_p=0, brightness=0, background=0, blur_p=0, noise=0)
+    still = ImageAugment(
+        rotate_deg=0,
+        shear=0,
+        scale=(1, 1),
+        aspect=0,
+        padding=(0, 0),
+        stroke_p=0,
+        brightness=0,
+        background=0,
+        blur_p=0,
+        noise=0,
+    )
     out = still(image, np.random.default_rng(0))
     assert out.shape == image.shape
     assert np.abs(out - image / 255.0).max() < 0.02
 
 
 def test_geometry_changes_size_and_padding(image):
-    big = ImageAugment(rotate_deg=0, shear=0, scale=(2, 2), aspect=0, padding=(5, 5), stroke_p=0,
-                       blur_p=0, noise=0)
+    big = ImageAugment(
+        rotate_deg=0, shear=0, scale=(2, 2), aspect=0, padding=(5, 5), stroke_p=0, blur_p=0, noise=0
+    )
     out = big(image, np.random.default_rng(0))
     h, w = image.shape
     assert abs(out.shape[0] - (2 * h + 10)) <= 3 and abs(out.shape[1] - (2 * w + 10)) <= 3
@@ -54,8 +65,18 @@ def test_geometry_changes_size_and_padding(image):
 
 
 def test_stroke_width_changes_ink_area(image):
-    base = dict(rotate_deg=0, shear=0, scale=(1, 1), aspect=0, padding=(0, 0), blur_p=0, noise=0,
-                brightness=0, background=0, stroke_p=1.0)
+    base = dict(
+        rotate_deg=0,
+        shear=0,
+        scale=(1, 1),
+        aspect=0,
+        padding=(0, 0),
+        blur_p=0,
+        noise=0,
+        brightness=0,
+        background=0,
+        stroke_p=1.0,
+    )
     areas = {(ImageAugment(**base)(image, np.random.default_rng(s)) > 0.5).sum() for s in range(8)}
     assert min(areas) < (image > 127).sum() < max(areas)
 
@@ -87,8 +108,17 @@ def test_too_large_output_is_shrunk_not_cropped():
     wide = np.zeros((40, 600), np.uint8)
     wide[10:30, 5:15] = 255  # ink at both ends
     wide[10:30, 585:595] = 255
-    aug = ImageAugment(rotate_deg=0, shear=0, scale=(2, 2), aspect=0, padding=(0, 0), stroke_p=0,
-                       blur_p=0, noise=0, max_side=400)
+    aug = ImageAugment(
+        rotate_deg=0,
+        shear=0,
+        scale=(2, 2),
+        aspect=0,
+        padding=(0, 0),
+        stroke_p=0,
+        blur_p=0,
+        noise=0,
+        max_side=400,
+    )
     out = aug(wide, np.random.default_rng(0))
     assert max(out.shape) <= 400
     cols = np.flatnonzero(out.max(axis=0) > 0.5)

@@ -7,8 +7,13 @@ import torch
 from hmer.decoding.search import beam_search, greedy
 from hmer.models import create_model
 
-TINY = {"encoder_cfg": {"growth": 4, "depth": 2}, "d_model": 32, "nhead": 2, "num_layers": 2,
-        "ffn": 64}
+TINY = {
+    "encoder_cfg": {"growth": 4, "depth": 2},
+    "d_model": 32,
+    "nhead": 2,
+    "num_layers": 2,
+    "ffn": 64,
+}
 
 
 class _NoCache:

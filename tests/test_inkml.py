@@ -35,8 +35,11 @@ def test_latin1_file_is_read(tmp_path):
         (b"not xml at all", "malformed"),
         (ENTITY_BOMB.encode(), "unsafe"),
         (EXTERNAL_ENTITY.encode(), "unsafe"),
-        (b'<ink xmlns="http://www.w3.org/2003/InkML"><annotation type="truth">x</annotation></ink>',
-         "no pen traces"),
+        (
+            b'<ink xmlns="http://www.w3.org/2003/InkML">'
+            b'<annotation type="truth">x</annotation></ink>',
+            "no pen traces",
+        ),
         (b"<ink><trace>1, 2</trace></ink>", "bad trace"),
         (b"\x89PNG\r\n\x1a\n\x00\x00binary", "malformed"),
     ],

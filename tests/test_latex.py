@@ -29,8 +29,18 @@ def n(raw: str, **kw) -> str:
 
 def test_tokenize():
     assert tokenize(r"\frac{a}{b}") == [r"\frac", "{", "a", "}", "{", "b", "}"]
-    assert tokenize(r"x^{12}\times\{y\}") == ["x", "^", "{", "1", "2", "}", r"\times", r"\{",
-                                               "y", r"\}"]
+    assert tokenize(r"x^{12}\times\{y\}") == [
+        "x",
+        "^",
+        "{",
+        "1",
+        "2",
+        "}",
+        r"\times",
+        r"\{",
+        "y",
+        r"\}",
+    ]
     assert tokenize(r"a\ b\,c \\") == ["a", "\\ ", "b", r"\,", "c", "\\\\"]
     assert tokenize("") == [] and tokenize("   ") == []
     assert tokenize("x \\") == ["x", "\\"]  # a trailing backslash does not break anything
@@ -48,8 +58,10 @@ def test_detokenize_round_trip():
 @pytest.mark.parametrize(
     "raw, caption",
     [
-        (r"$\frac { { p - { \mbox { e } + k } } } { \left ( \sigma \right ) }$",
-         r"\frac { p - e + k } { ( \sigma ) }"),
+        (
+            r"$\frac { { p - { \mbox { e } + k } } } { \left ( \sigma \right ) }$",
+            r"\frac { p - e + k } { ( \sigma ) }",
+        ),
         (r"$a \lt b \gt c$", "a < b > c"),
         (r"$M\ltN$", "M < N"),
         (r"$x{\times}y$", r"x \times y"),
@@ -83,8 +95,18 @@ def test_script_order_can_be_kept():
 
 
 def test_malformed_raw_never_raises():
-    for raw in [r"\lim \limits _ {z}} x", r"\frac{a", r"x^", r"}{", r"\sqrt[", r"^_^",
-                r"\left", r"{{{{", r"\mbox", "\\"]:
+    for raw in [
+        r"\lim \limits _ {z}} x",
+        r"\frac{a",
+        r"x^",
+        r"}{",
+        r"\sqrt[",
+        r"^_^",
+        r"\left",
+        r"{{{{",
+        r"\mbox",
+        "\\",
+    ]:
         assert isinstance(normalize_tokens(raw), list)
 
 
@@ -102,10 +124,28 @@ def test_normalize_prediction_keeps_captions_and_broken_output():
 
 
 def test_normalization_keeps_different_expressions_different():
-    exprs = ["x ^ { 2 }", "x _ { 2 }", "x 2", "( x ) ^ { 2 }", r"\frac { 1 } { 2 }", "1 / 2",
-             r"\sqrt { x }", r"\sqrt [ 2 ] { x }", r"\int _ { a } ^ { b }",
-             r"\int \limits _ { a } ^ { b }", r"\ldots", r"\cdots", "' x", r"\prime x",
-             r"\sum _ { i }", r"\sum i", "x ^ { 2 } 3", "x ^ { 2 3 }", r"\log x", "l o g x"]
+    exprs = [
+        "x ^ { 2 }",
+        "x _ { 2 }",
+        "x 2",
+        "( x ) ^ { 2 }",
+        r"\frac { 1 } { 2 }",
+        "1 / 2",
+        r"\sqrt { x }",
+        r"\sqrt [ 2 ] { x }",
+        r"\int _ { a } ^ { b }",
+        r"\int \limits _ { a } ^ { b }",
+        r"\ldots",
+        r"\cdots",
+        "' x",
+        r"\prime x",
+        r"\sum _ { i }",
+        r"\sum i",
+        "x ^ { 2 } 3",
+        "x ^ { 2 3 }",
+        r"\log x",
+        "l o g x",
+    ]
     normalized = {" ".join(normalize_prediction(e.split())) for e in exprs}
     # Only "l o g x" and "\log x" are the same ink.
     assert len(normalized) == len(exprs) - 1
@@ -113,8 +153,19 @@ def test_normalization_keeps_different_expressions_different():
 
 @pytest.mark.parametrize(
     "tokens",
-    ["x", r"\frac { a } { b }", r"\sqrt [ 3 ] { x }", "x _ { 1 } ^ { 2 }", "x ^ { 2 } _ { 1 }",
-     r"\int \limits _ { 0 } ^ { 1 }", r"\{ x \}", "[ x )", "{ }", "( x ) ^ { 2 }", "<unk> ^ { 2 }"],
+    [
+        "x",
+        r"\frac { a } { b }",
+        r"\sqrt [ 3 ] { x }",
+        "x _ { 1 } ^ { 2 }",
+        "x ^ { 2 } _ { 1 }",
+        r"\int \limits _ { 0 } ^ { 1 }",
+        r"\{ x \}",
+        "[ x )",
+        "{ }",
+        "( x ) ^ { 2 }",
+        "<unk> ^ { 2 }",
+    ],
 )
 def test_valid(tokens):
     assert is_valid(tokens.split()), validate(tokens.split())
@@ -122,13 +173,23 @@ def test_valid(tokens):
 
 @pytest.mark.parametrize(
     "tokens, reason",
-    [("x ^ { 2", "missing }"), ("x }", "unmatched }"), ("x ^", "without a {group}"),
-     ("x ^ 2", "without a {group}"), ("x ^ { }", "empty group"), ("^ { 2 }", "without a base"),
-     ("{ _ { 2 } }", "without a base"), (r"\frac { a }", r"\frac without"),
-     (r"\frac { a } { }", "empty group"), (r"\sqrt x", r"\sqrt without"),
-     (r"\sqrt [ 3 { x }", "missing ]"), (r"\sqrt [ ] { x }", "empty []"),
-     ("x ^ { 1 } ^ { 2 }", "double ^"), (r"x \limits _ { 1 }", r"\limits not after"),
-     (r"\int \limits x", r"\limits without a script")],
+    [
+        ("x ^ { 2", "missing }"),
+        ("x }", "unmatched }"),
+        ("x ^", "without a {group}"),
+        ("x ^ 2", "without a {group}"),
+        ("x ^ { }", "empty group"),
+        ("^ { 2 }", "without a base"),
+        ("{ _ { 2 } }", "without a base"),
+        (r"\frac { a }", r"\frac without"),
+        (r"\frac { a } { }", "empty group"),
+        (r"\sqrt x", r"\sqrt without"),
+        (r"\sqrt [ 3 { x }", "missing ]"),
+        (r"\sqrt [ ] { x }", "empty []"),
+        ("x ^ { 1 } ^ { 2 }", "double ^"),
+        (r"x \limits _ { 1 }", r"\limits not after"),
+        (r"\int \limits x", r"\limits without a script"),
+    ],
 )
 def test_invalid(tokens, reason):
     why = validate(tokens.split())
@@ -147,8 +208,29 @@ def test_repair_makes_valid():
 
 
 def test_fuzz_never_crashes_and_repair_is_valid():
-    alphabet = ["x", "1", "{", "}", "^", "_", r"\frac", r"\sqrt", "[", "]", r"\limits", r"\int",
-                r"\sum", r"\left", "(", r"\mbox", "<unk>", r"\lt", "$", "\\", r"\{"]
+    alphabet = [
+        "x",
+        "1",
+        "{",
+        "}",
+        "^",
+        "_",
+        r"\frac",
+        r"\sqrt",
+        "[",
+        "]",
+        r"\limits",
+        r"\int",
+        r"\sum",
+        r"\left",
+        "(",
+        r"\mbox",
+        "<unk>",
+        r"\lt",
+        "$",
+        "\\",
+        r"\{",
+    ]
     rng = np.random.default_rng(0)
     for _ in range(1500):
         tokens = list(rng.choice(alphabet, size=int(rng.integers(0, 14))))

@@ -23,18 +23,44 @@ TINY_DENSENET = {"growth": 4, "depth": 2, "dropout": 0.0}
 FAMILIES = {
     "comer": ("transformer", {"encoder": "densenet", "encoder_cfg": TINY_DENSENET, **DEC}),
     "bttr": ("transformer", {"encoder": "cnn", "encoder_cfg": CNN, "coverage": False, **DEC}),
-    "crnn": ("crnn", {"encoder_cfg": CNN, "hidden": 32, "lstm_layers": 1, "frames_per_column": 2,
-                      "dropout": 0.0}),
-    "crnn-resnet": ("crnn", {"encoder": "resnet", "encoder_cfg": {**CNN, "freeze_stages": 1},
-                             "hidden": 32, "lstm_layers": 1, "frames_per_column": 2,
-                             "dropout": 0.0}),
+    "crnn": (
+        "crnn",
+        {
+            "encoder_cfg": CNN,
+            "hidden": 32,
+            "lstm_layers": 1,
+            "frames_per_column": 2,
+            "dropout": 0.0,
+        },
+    ),
+    "crnn-resnet": (
+        "crnn",
+        {
+            "encoder": "resnet",
+            "encoder_cfg": {**CNN, "freeze_stages": 1},
+            "hidden": 32,
+            "lstm_layers": 1,
+            "frames_per_column": 2,
+            "dropout": 0.0,
+        },
+    ),
     "seq2seq": ("seq2seq", {"encoder_cfg": CNN, **GRU}),
     "wap": ("seq2seq", {"encoder_cfg": CNN, "coverage": True, "cov_channels": 8, **GRU}),
-    "densewap": ("seq2seq", {"encoder": "densenet", "encoder_cfg": TINY_DENSENET, "coverage": True,
-                             "cov_channels": 8, **GRU}),
+    "densewap": (
+        "seq2seq",
+        {
+            "encoder": "densenet",
+            "encoder_cfg": TINY_DENSENET,
+            "coverage": True,
+            "cov_channels": 8,
+            **GRU,
+        },
+    ),
     "strokes": ("strokes", {"conv_channels": [16, 32], "context_layers": 1, **DEC}),
-    "strokes-gru": ("strokes", {"conv_channels": [16, 32], "context": "gru", "context_layers": 1,
-                                **DEC}),
+    "strokes-gru": (
+        "strokes",
+        {"conv_channels": [16, 32], "context": "gru", "context_layers": 1, **DEC},
+    ),
 }
 
 
@@ -113,8 +139,9 @@ def test_beam_one_never_below_greedy(name, vocab, image_batch, stroke_batch):
     with torch.no_grad():
         mem = model.encode(batch["inputs"], batch["masks"])
         for i, g in enumerate(greedy(model, mem, len(batch["ids"]), max_len=8)):
-            (h,) = beam_search(model, model.select(mem, torch.tensor([i])), 1, max_len=8,
-                               length_penalty=0.0)
+            (h,) = beam_search(
+                model, model.select(mem, torch.tensor([i])), 1, max_len=8, length_penalty=0.0
+            )
             assert h.logprob >= g.logprob - 1e-4
 
 
@@ -127,8 +154,9 @@ def test_beam_one_equals_greedy_when_confident(vocab, stroke_batch):
         mem = model.encode(inputs, masks)
         greedy_hyps = greedy(model, mem, len(stroke_batch["ids"]), max_len=8)
         for i, g in enumerate(greedy_hyps):
-            (h,) = beam_search(model, model.select(mem, torch.tensor([i])), 1, max_len=8,
-                               length_penalty=0.0)
+            (h,) = beam_search(
+                model, model.select(mem, torch.tensor([i])), 1, max_len=8, length_penalty=0.0
+            )
             assert h.ids == g.ids == stroke_batch["tokens"][i]
             assert h.logprob == pytest.approx(g.logprob, abs=1e-4)
     via_dispatch = recognize_batch(model, inputs, masks, beam=1, max_len=8)

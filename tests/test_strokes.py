@@ -65,8 +65,9 @@ def test_stroke_batches_shapes_and_determinism(samples, vocab):
 
 
 def test_stroke_batches_without_augmentation_are_plain_features(samples, vocab):
-    data = StrokeBatches(samples, vocab, StrokeSpec(lengths=(128,)), 0, 0, augment=False,
-                         shuffle=False)
+    data = StrokeBatches(
+        samples, vocab, StrokeSpec(lengths=(128,)), 0, 0, augment=False, shuffle=False
+    )
     batch = data[0]
     for j, s in enumerate(samples):
         f = ink_features(s.traces)

@@ -11,11 +11,28 @@ from hmer.training.train import batches_for, evaluate, train
 
 CNN = {"widths": [8, 16, 16, 16], "dropout": 0.0}
 MODELS = {
-    "strokes": {"name": "strokes", "conv_channels": [16, 32], "context_layers": 1, "d_model": 32,
-                "nhead": 4, "num_layers": 1, "ffn": 64, "dropout": 0.0},
+    "strokes": {
+        "name": "strokes",
+        "conv_channels": [16, 32],
+        "context_layers": 1,
+        "d_model": 32,
+        "nhead": 4,
+        "num_layers": 1,
+        "ffn": 64,
+        "dropout": 0.0,
+    },
     "crnn": {"name": "crnn", "encoder_cfg": CNN, "hidden": 32, "lstm_layers": 1, "dropout": 0.0},
-    "wap": {"name": "seq2seq", "encoder_cfg": CNN, "ann_dim": 32, "embed_dim": 32, "hidden": 32,
-            "attn_dim": 32, "coverage": True, "cov_channels": 8, "dropout": 0.0},
+    "wap": {
+        "name": "seq2seq",
+        "encoder_cfg": CNN,
+        "ann_dim": 32,
+        "embed_dim": 32,
+        "hidden": 32,
+        "attn_dim": 32,
+        "coverage": True,
+        "cov_channels": 8,
+        "dropout": 0.0,
+    },
 }
 
 
@@ -34,8 +51,9 @@ def test_train_one_epoch_and_evaluate(tmp_path, samples, vocab, name):
 
 
 def test_evaluate_reads_the_models_input_kind(samples, vocab):
-    model = create_model("strokes", len(vocab), **{k: v for k, v in MODELS["strokes"].items()
-                                                    if k != "name"})
+    model = create_model(
+        "strokes", len(vocab), **{k: v for k, v in MODELS["strokes"].items() if k != "name"}
+    )
     assert batches_for(model).__name__ == "StrokeBatches"
     metrics, rows = evaluate(model, samples, vocab, BucketSpec(), bf16=False)
     assert set(metrics) == {"exprate", "le1", "le2"} and len(rows) == len(samples)

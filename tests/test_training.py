@@ -16,9 +16,15 @@ import torch
 from hmer.training.train import train
 
 TINY_TRANSFORMER = {
-    "name": "transformer", "encoder": "densenet",
+    "name": "transformer",
+    "encoder": "densenet",
     "encoder_cfg": {"growth": 4, "depth": 2, "dropout": 0.0},
-    "d_model": 32, "nhead": 2, "num_layers": 1, "ffn": 64, "dropout": 0.1, "coverage": True,
+    "d_model": 32,
+    "nhead": 2,
+    "num_layers": 1,
+    "ffn": 64,
+    "dropout": 0.1,
+    "coverage": True,
 }
 
 
@@ -27,8 +33,15 @@ def tiny_config(epochs: int = 2, **train_opts) -> dict:
         "model": dict(TINY_TRANSFORMER),
         "data": {"pixels_per_batch": 2 * 64 * 256, "augment": True},
         "train": {
-            "epochs": epochs, "lr": 3e-3, "warmup_steps": 2, "label_smoothing": 0.0,
-            "clip_grad": 1.0, "bf16": False, "seed": 3, "checkpoint_minutes": 5, "num_workers": 0,
+            "epochs": epochs,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "label_smoothing": 0.0,
+            "clip_grad": 1.0,
+            "bf16": False,
+            "seed": 3,
+            "checkpoint_minutes": 5,
+            "num_workers": 0,
         },
     }
     cfg["train"].update(train_opts)
@@ -73,8 +86,12 @@ def test_resume_after_kill_continues_exactly(tmp_path, samples, vocab):
     )
     # same thread count as this process, so both runs compute bit for bit alike
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(cfg_path), str(run)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(cfg_path), str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -100,9 +117,23 @@ def test_torchrun_two_processes_gloo(tmp_path, samples, vocab):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "hmer.cli", "train", str(cfg_path), "--run-dir", str(run)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "hmer.cli",
+            "train",
+            str(cfg_path),
+            "--run-dir",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run / "last.pt").exists()

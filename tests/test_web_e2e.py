@@ -23,8 +23,13 @@ from hmer.interfaces.api import create_app  # noqa: E402
 CHROMIUM = os.environ.get("HMER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Flags for this machine: no sandbox as root, and no background traffic to a closed network.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -85,10 +90,13 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
 
 # x + 1 = 2, roughly, in fractions of the canvas
 EXPRESSION = [
-    [(0.10, 0.35), (0.20, 0.65)], [(0.20, 0.35), (0.10, 0.65)],           # x
-    [(0.26, 0.50), (0.36, 0.50)], [(0.31, 0.40), (0.31, 0.60)],           # +
-    [(0.42, 0.42), (0.46, 0.35), (0.46, 0.65)],                           # 1
-    [(0.54, 0.46), (0.64, 0.46)], [(0.54, 0.55), (0.64, 0.55)],           # =
+    [(0.10, 0.35), (0.20, 0.65)],
+    [(0.20, 0.35), (0.10, 0.65)],  # x
+    [(0.26, 0.50), (0.36, 0.50)],
+    [(0.31, 0.40), (0.31, 0.60)],  # +
+    [(0.42, 0.42), (0.46, 0.35), (0.46, 0.65)],  # 1
+    [(0.54, 0.46), (0.64, 0.46)],
+    [(0.54, 0.55), (0.64, 0.55)],  # =
     [(0.70, 0.40), (0.75, 0.35), (0.80, 0.40), (0.70, 0.65), (0.81, 0.65)],  # 2
 ]
 
@@ -152,8 +160,12 @@ def touch_draw(page, strokes: list[list[tuple[float, float]]]) -> None:
 
 def test_touch_and_upload_on_a_phone_sized_page(browser, server, tmp_path):
     context, page, problems = open_page(
-        browser, server, viewport={"width": 390, "height": 844}, device_scale_factor=2,
-        has_touch=True, is_mobile=True,
+        browser,
+        server,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        has_touch=True,
+        is_mobile=True,
     )
     try:
         scroll = page.evaluate("() => window.scrollY")
@@ -194,8 +206,9 @@ def test_api_docs_work_offline(browser, server):
     page = context.new_page()
     outside: list[str] = []
     origin = urlsplit(server).netloc
-    page.on("request", lambda r: urlsplit(r.url).netloc not in (origin, "")
-            and outside.append(r.url))
+    page.on(
+        "request", lambda r: urlsplit(r.url).netloc not in (origin, "") and outside.append(r.url)
+    )
     try:
         page.goto(server + "/docs")
         page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=20_000)

@@ -8,6 +8,7 @@ the same augmentation, which is what makes ``--resume`` continue exactly.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,8 +94,57 @@ def draw_plan(plan: Plan) -> np.ndarray:
     return _draw(plan.traces, plan.width, plan.height, plan.style)
 
 
-class EpochBatches(torch.utils.data.Dataset):
-    """Map-style dataset whose items are whole batches of one epoch (for a DataLoader worker)."""
+class BucketedEpoch(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches of one epoch (for a DataLoader worker).
+
+    Subclasses say which bucket a sample falls in (``bucket_of``) and how many samples a batch of
+    a bucket holds (``bucket_size``); the epoch plan is the same for both kinds of input.
+    """
+
+    samples: list[Sample]
+    seed: int
+    epoch: int
+    augment: bool
+
+    def _rng(self, index: int) -> np.random.Generator | None:
+        if not self.augment:
+            return None
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def bucket_of(self, index: int) -> Hashable:
+        raise NotImplementedError
+
+    def bucket_size(self, key: Hashable) -> int:
+        raise NotImplementedError
+
+    def _plan(self, shuffle: bool, rank: int, world: int) -> list[tuple[Hashable, list[int]]]:
+        order = np.arange(len(self.samples))
+        if shuffle:
+            np.random.default_rng([self.seed, self.epoch, 10**6]).shuffle(order)
+        open_: dict[Hashable, list[int]] = {}
+        batches = []
+        for i in order:
+            key = self.bucket_of(int(i))
+            items = open_.setdefault(key, [])
+            items.append(int(i))
+            if len(items) == self.bucket_size(key):
+                batches.append((key, items))
+                open_[key] = []
+        for key, items in open_.items():  # fill the last batch of a bucket by repeating its items
+            if items:
+                n = self.bucket_size(key) if shuffle else len(items)
+                batches.append((key, (items * n)[:n]))
+        if world > 1:  # every rank gets the same number of batches
+            per = len(batches) // world
+            batches = batches[rank * per : (rank + 1) * per]
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class EpochBatches(BucketedEpoch):
+    """One epoch of rendered, augmented image batches padded to bucket shapes."""
 
     def __init__(
         self,
@@ -117,50 +167,24 @@ class EpochBatches(torch.utils.data.Dataset):
         self.seed, self.epoch = seed, epoch
         self.batches = self._plan(shuffle, rank, world)
 
-    def _rng(self, index: int) -> np.random.Generator | None:
-        if not self.augment:
-            return None
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def _render_plan(self, index: int) -> Plan:
+        return plan_render(
+            self.samples[index].traces, self._rng(index), self.spec, self.ink_aug, self.render_aug
+        )
 
-    def _plan(
-        self, shuffle: bool, rank: int, world: int
-    ) -> list[tuple[tuple[int, int], list[int]]]:
-        order = np.arange(len(self.samples))
-        if shuffle:
-            np.random.default_rng([self.seed, self.epoch, 10**6]).shuffle(order)
-        open_: dict[tuple[int, int], list[int]] = {}
-        batches = []
-        for i in order:
-            p = plan_render(
-                self.samples[i].traces, self._rng(int(i)), self.spec, self.ink_aug, self.render_aug
-            )
-            key = self.spec.bucket(p.height, p.width)
-            items = open_.setdefault(key, [])
-            items.append(int(i))
-            if len(items) == self.spec.batch_size(*key):
-                batches.append((key, items))
-                open_[key] = []
-        for key, items in open_.items():  # fill the last batch of a bucket by repeating its items
-            if items:
-                n = self.spec.batch_size(*key) if shuffle else len(items)
-                batches.append((key, (items * n)[:n]))
-        if world > 1:  # every rank gets the same number of batches
-            per = len(batches) // world
-            batches = batches[rank * per : (rank + 1) * per]
-        return batches
+    def bucket_of(self, index: int) -> tuple[int, int]:
+        p = self._render_plan(index)
+        return self.spec.bucket(p.height, p.width)
 
-    def __len__(self) -> int:
-        return len(self.batches)
+    def bucket_size(self, key: tuple[int, int]) -> int:
+        return self.spec.batch_size(*key)
 
     def __getitem__(self, k: int) -> dict:
         (h, w), items = self.batches[k]
         images = np.zeros((len(items), 1, h, w), np.float32)
         masks = np.ones((len(items), h, w), bool)  # True = padding
         for j, i in enumerate(items):
-            plan = plan_render(
-                self.samples[i].traces, self._rng(i), self.spec, self.ink_aug, self.render_aug
-            )
-            img = draw_plan(plan)
+            img = draw_plan(self._render_plan(i))
             ih, iw = img.shape
             images[j, 0, :ih, :iw] = img / 255.0
             masks[j, :ih, :iw] = False

@@ -348,10 +348,7 @@ def _words(tokens: list[str]) -> list[str]:
     while i < n:
         for word, cmd in LETTER_WORDS.items():
             k = len(word)
-            if (
-                tokens[i : i + k] == list(word)
-                and not (i > 0 and _is_letter(tokens[i - 1]))
-            ):
+            if tokens[i : i + k] == list(word) and not (i > 0 and _is_letter(tokens[i - 1])):
                 out.append(cmd)
                 i += k
                 break

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hmer.data.augment import InkAugment, resample_trace
-from hmer.data.batching import BucketSpec, RenderAugment
+from hmer.data.batching import BucketedEpoch, BucketSpec, RenderAugment
 from hmer.data.dataset import Sample
 from hmer.data.render import ink_symbol_size
 from hmer.data.vocab import Vocab
@@ -103,7 +103,7 @@ class StrokeSpec:
         )
 
 
-class StrokeBatches(torch.utils.data.Dataset):
+class StrokeBatches(BucketedEpoch):
     """Map-style dataset whose items are whole batches of point sequences of one epoch.
 
     Same constructor and batch dict as ``EpochBatches``: "inputs" (B,N,F) float, "masks" (B,N)
@@ -132,11 +132,6 @@ class StrokeBatches(torch.utils.data.Dataset):
         self.seed, self.epoch = seed, epoch
         self.batches = self._plan(shuffle, rank, world)
 
-    def _rng(self, index: int) -> np.random.Generator | None:
-        if not self.augment:
-            return None
-        return np.random.default_rng([self.seed, self.epoch, index])
-
     def features(self, index: int) -> np.ndarray:
         """Point features of sample ``index`` as this epoch draws them (augmented if enabled)."""
         traces = [t for t in self.samples[index].traces if len(t)]
@@ -145,30 +140,11 @@ class StrokeBatches(torch.utils.data.Dataset):
             traces = self.ink_aug(traces, rng)
         return ink_features(traces, self.spec.spacing, self.spec.lengths[-1])
 
-    def _plan(self, shuffle: bool, rank: int, world: int) -> list[tuple[int, list[int]]]:
-        order = np.arange(len(self.samples))
-        if shuffle:
-            np.random.default_rng([self.seed, self.epoch, 10**6]).shuffle(order)
-        open_: dict[int, list[int]] = {}
-        batches = []
-        for i in order:
-            key = self.spec.bucket(len(self.features(int(i))))
-            items = open_.setdefault(key, [])
-            items.append(int(i))
-            if len(items) == self.spec.batch_size(key):
-                batches.append((key, items))
-                open_[key] = []
-        for key, items in open_.items():  # fill the last batch of a bucket by repeating its items
-            if items:
-                n = self.spec.batch_size(key) if shuffle else len(items)
-                batches.append((key, (items * n)[:n]))
-        if world > 1:  # every rank gets the same number of batches
-            per = len(batches) // world
-            batches = batches[rank * per : (rank + 1) * per]
-        return batches
+    def bucket_of(self, index: int) -> int:
+        return self.spec.bucket(len(self.features(index)))
 
-    def __len__(self) -> int:
-        return len(self.batches)
+    def bucket_size(self, key: int) -> int:
+        return self.spec.batch_size(key)
 
     def __getitem__(self, k: int) -> dict:
         length, items = self.batches[k]

@@ -84,6 +84,4 @@ def ctc_beam_batch(
 ) -> list[list[Hypothesis]]:
     """Prefix beam search for every input of log-probs (T,B,V) with frame counts (B,)."""
     lp = log_probs.detach().float().cpu().numpy()
-    return [
-        ctc_prefix_beam_search(lp[:n, b], beam, blank) for b, n in enumerate(lengths.tolist())
-    ]
+    return [ctc_prefix_beam_search(lp[:n, b], beam, blank) for b, n in enumerate(lengths.tolist())]

@@ -51,9 +51,7 @@ def wer(preds: list[list[str]], truths: list[list[str]]) -> float:
 
 def cer(preds: list[list[str]], truths: list[list[str]]) -> float:
     """Corpus character error rate in percent, over the tokens joined without spaces."""
-    dist = sum(
-        edit_distance(_chars(p), _chars(t)) for p, t in zip(preds, truths, strict=True)
-    )
+    dist = sum(edit_distance(_chars(p), _chars(t)) for p, t in zip(preds, truths, strict=True))
     total = sum(len(_chars(t)) for t in truths)
     return 100.0 * dist / total if total else 0.0
 

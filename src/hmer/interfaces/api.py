@@ -204,7 +204,8 @@ def parse_strokes(value: Any, limits: Limits) -> list[np.ndarray]:
             if not (abs(p[0]) <= limits.max_coordinate and abs(p[1]) <= limits.max_coordinate):
                 raise bad(
                     f"stroke {i}, point {j}: coordinates must be finite numbers within "
-                    f"±{limits.max_coordinate:g}", "bad_coordinates",
+                    f"±{limits.max_coordinate:g}",
+                    "bad_coordinates",
                 )
             if width == 3 and not abs(p[2]) <= 1e15:
                 raise bad(f"stroke {i}, point {j}: time must be a finite number", "bad_coordinates")
@@ -243,7 +244,8 @@ def check_pixels(data: bytes, limits: Limits) -> None:
         return
     if w * h > limits.max_pixels:
         raise ApiError(
-            413, "too_many_pixels",
+            413,
+            "too_many_pixels",
             f"image of {w}x{h} pixels is larger than {limits.max_pixels:,} pixels",
         )
 
@@ -390,19 +392,22 @@ def create_app(
         out = []
         for name, rec in recs.items():
             roles = [kind for kind, n in chosen.items() if n == name]
-            out.append({"name": name, "input_kind": rec.input_kind, "default_for": roles,
-                        "beam": rec.beam})
+            out.append(
+                {"name": name, "input_kind": rec.input_kind, "default_for": roles, "beam": rec.beam}
+            )
         return {"models": out, "default": chosen}
 
     def pick(name: str | None, kind: str):
         if name is not None:
             if name not in recs:
-                raise ApiError(422, "unknown_model",
-                               f"unknown model {name!r}; known: {', '.join(sorted(recs))}")
+                raise ApiError(
+                    422,
+                    "unknown_model",
+                    f"unknown model {name!r}; known: {', '.join(sorted(recs))}",
+                )
             rec = recs[name]
             if kind == "image" and rec.input_kind != "image":
-                raise ApiError(422, "wrong_model_kind",
-                               f"model {name!r} reads strokes, not images")
+                raise ApiError(422, "wrong_model_kind", f"model {name!r} reads strokes, not images")
             return rec
         if chosen.get(kind) is None:
             raise ApiError(422, "no_model", f"no model for {kind} input is loaded")
@@ -428,10 +433,7 @@ def create_app(
         response_model=RecognizeResponse,
         tags=["recognition"],
         openapi_extra=_RECOGNIZE_BODY,
-        responses={
-            s: {"model": ErrorResponse}
-            for s in (400, 413, 415, 422, 500, 503)
-        },
+        responses={s: {"model": ErrorResponse} for s in (400, 413, 415, 422, 500, 503)},
     )
     async def recognize(
         request: Request,
@@ -452,8 +454,11 @@ def create_app(
 
             def work():
                 if rec.input_kind == "strokes" and resampled_length(traces) > limits.max_resampled:
-                    raise ApiError(422, "too_many_points",
-                                   "drawing too long or too spread out for the stroke model")
+                    raise ApiError(
+                        422,
+                        "too_many_points",
+                        "drawing too long or too spread out for the stroke model",
+                    )
                 return rec.recognize_strokes(traces, beam)
 
         elif mtype == "multipart/form-data":
@@ -480,30 +485,41 @@ def create_app(
                 return rec.recognize_image(data, "upload", beam)
 
         else:
-            raise ApiError(415, "unsupported_media_type",
-                           "send multipart/form-data with a 'file', an image/* body, or "
-                           "application/json strokes")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send multipart/form-data with a 'file', an image/* body, or "
+                "application/json strokes",
+            )
         try:
             result = await run(work)
         except (ImageError, InkMLError) as exc:
             raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
         alts = [{"latex": a.latex, "score": a.score} for a in result.alternatives]
         return {
-            "latex": result.latex, "tokens": result.tokens, "score": result.score,
-            "alternatives": alts, "model": result.model, "time_ms": result.time_ms,
+            "latex": result.latex,
+            "tokens": result.tokens,
+            "score": result.score,
+            "alternatives": alts,
+            "model": result.model,
+            "time_ms": result.time_ms,
             "total_ms": round((time.perf_counter() - t0) * 1000, 1),
         }
 
     # -- page and docs -------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={
-            "content-security-policy": (
-                "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-                "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'"
-            ),
-            "cache-control": "no-cache",
-        })
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            headers={
+                "content-security-policy": (
+                    "default-src 'self'; img-src 'self' data: blob:; "
+                    "style-src 'self' 'unsafe-inline'; font-src 'self'; connect-src 'self'; "
+                    "object-src 'none'; base-uri 'none'"
+                ),
+                "cache-control": "no-cache",
+            },
+        )
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -65,10 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
     def dirs(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", type=Path, help="CROHME folder (default: $HMER_DATA or "
-                       "../shared/data/crohme)")
-        p.add_argument("--cache-dir", type=Path, help="cache folder (default: $HMER_CACHE or "
-                       "~/.cache/hmer)")
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            help="CROHME folder (default: $HMER_DATA or ../shared/data/crohme)",
+        )
+        p.add_argument(
+            "--cache-dir", type=Path, help="cache folder (default: $HMER_CACHE or ~/.cache/hmer)"
+        )
 
     p = dsub.add_parser(
         "prepare",
@@ -80,8 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     dirs(p)
     p.add_argument("--splits", nargs="+", default=["train", "2014"], metavar="SPLIT")
-    p.add_argument("--render", nargs="*", metavar="SPLIT", help="also write natural renders "
-                   "CACHE/images/SPLIT/ID.png (default: the prepared splits other than train)")
+    p.add_argument(
+        "--render",
+        nargs="*",
+        metavar="SPLIT",
+        help="also write natural renders "
+        "CACHE/images/SPLIT/ID.png (default: the prepared splits other than train)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild cached splits and images")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_guarded(cmd_prepare))
@@ -94,12 +103,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("render", help="render InkML files to PNG (white ink on black)")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE.inkml")
-    p.add_argument("-o", "--output", type=Path, help="output .png (one input) or folder "
-                   "(default: NAME.png in the current folder)")
-    p.add_argument("--mode", choices=["natural", "fixed"], help="natural: size follows the ink "
-                   "(default); fixed: fit into --size")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="canvas of fixed mode "
-                   "(default 128 512); implies --mode fixed")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output .png (one input) or folder (default: NAME.png in the current folder)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["natural", "fixed"],
+        help="natural: size follows the ink (default); fixed: fit into --size",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="canvas of fixed mode (default 128 512); implies --mode fixed",
+    )
     p.add_argument("--line-width", type=float, default=3.0, help="stroke width in pixels")
     p.add_argument("--no-antialias", action="store_true")
     p.add_argument("--boxes", action="store_true", help="draw the symbol segmentation boxes")
@@ -114,13 +135,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_guarded(cmd_augment_grid))
 
-    p = dsub.add_parser("check-normalization", help="how often normalized raw InkML truths equal "
-                        "the published captions, and why the others differ")
+    p = dsub.add_parser(
+        "check-normalization",
+        help="how often normalized raw InkML truths equal "
+        "the published captions, and why the others differ",
+    )
     dirs(p)
     p.add_argument("--splits", nargs="+", default=["train", "2014"], metavar="SPLIT")
     p.add_argument("--examples", type=int, default=2, help="examples shown per class")
-    p.add_argument("--min", type=float, default=0.0, metavar="PCT",
-                   help="exit non-zero when a split is below PCT percent")
+    p.add_argument(
+        "--min",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="exit non-zero when a split is below PCT percent",
+    )
     p.set_defaults(func=_guarded(cmd_check_normalization))
 
     p = sub.add_parser(
@@ -132,8 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pred", type=Path, metavar="PRED.tsv")
     p.add_argument("truth", type=Path, metavar="TRUTH.tsv")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--no-normalize", action="store_true",
-                   help="compare tokens exactly as written")
+    p.add_argument("--no-normalize", action="store_true", help="compare tokens exactly as written")
     p.set_defaults(func=_guarded(cmd_score))
 
 
@@ -180,8 +208,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     for spec in args.splits:
         try:
             name, source, captions = _split_source(spec, data_dir)
-            split, built = prepare_split(name, source, captions, cache_dir, args.force,
-                                         progress=not args.quiet)
+            split, built = prepare_split(
+                name, source, captions, cache_dir, args.force, progress=not args.quiet
+            )
         except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
             _err(f"split {spec}: {exc}")
             failed += 1
@@ -189,8 +218,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         failed += _report_errors(split)
         origin = f"captions {captions.name}" if captions else "normalized InkML truth"
         state = "built" if built else "already cached"
-        print(f"{name}: {len(split.samples)} expressions, {len(split.errors)} skipped "
-              f"({origin}) -> {cache_path(name, cache_dir)} [{state}]")
+        print(
+            f"{name}: {len(split.samples)} expressions, {len(split.errors)} skipped "
+            f"({origin}) -> {cache_path(name, cache_dir)} [{state}]"
+        )
         prepared[name] = split
     if args.render is not None:
         names = args.render or [n for n in prepared if n != "train"]
@@ -199,8 +230,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 _err(f"--render {name}: split not prepared in this run (add it to --splits)")
                 failed += 1
                 continue
-            failed += _render_split(prepared[name], cache_dir / "images" / name, args.force,
-                                    not args.quiet)
+            failed += _render_split(
+                prepared[name], cache_dir / "images" / name, args.force, not args.quiet
+            )
     return EXIT_FAILED if failed else 0
 
 
@@ -241,8 +273,10 @@ def _render_split(split: Split, out_dir: Path, force: bool, progress: bool) -> i
         except ValueError as exc:
             _err(f"{split.name}:{sample.id}: cannot render ({exc})")
             failed += 1
-    print(f"{split.name}: {written} images written, {len(split.samples) - written - failed} "
-          f"already there -> {out_dir}")
+    print(
+        f"{split.name}: {written} images written, {len(split.samples) - written - failed} "
+        f"already there -> {out_dir}"
+    )
     return failed
 
 
@@ -256,13 +290,16 @@ def _load_split(name: str, data_dir: Path | None, cache_dir: Path | None) -> Spl
         if name in CROHME_SPLITS:
             return load_cached(name, data_dir, cache_dir)
         if not path.exists():
-            raise FileNotFoundError(f"split {name!r} is not prepared ({path} missing): run "
-                                    f"hmer data prepare --splits {name}=PATH")
+            raise FileNotFoundError(
+                f"split {name!r} is not prepared ({path} missing): run "
+                f"hmer data prepare --splits {name}=PATH"
+            )
         with open(path, "rb") as fh:
             split = pickle.load(fh)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: unreadable cache file ({exc}); rebuild it with hmer data "
-                         "prepare --force") from exc
+        raise ValueError(
+            f"{path}: unreadable cache file ({exc}); rebuild it with hmer data prepare --force"
+        ) from exc
     if not isinstance(split, Split):
         raise ValueError(f"{path}: not a prepared split; rebuild it with hmer data prepare --force")
     return split
@@ -292,10 +329,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"split {split.name}: {len(split.samples)} expressions, {len(split.errors)} skipped")
     if not split.samples:
         return 0
-    print(f"tokens: {sum(lengths)} in all, {len(vocab)} distinct; per expression mean "
-          f"{np.mean(lengths):.1f}, median {np.median(lengths):.0f}, max {max(lengths)}")
-    print(f"strokes: per expression mean {np.mean(strokes):.1f}, median "
-          f"{np.median(strokes):.0f}, max {max(strokes)}")
+    print(
+        f"tokens: {sum(lengths)} in all, {len(vocab)} distinct; per expression mean "
+        f"{np.mean(lengths):.1f}, median {np.median(lengths):.0f}, max {max(lengths)}"
+    )
+    print(
+        f"strokes: per expression mean {np.mean(strokes):.1f}, median "
+        f"{np.median(strokes):.0f}, max {max(strokes)}"
+    )
     rows = vocab.most_common(args.top or None)
     print(f"\nvocabulary ({'top ' + str(args.top) if args.top else 'all'}, by count):")
     cells = [f"{tok:>10s} {count:6d}" for tok, count in rows]
@@ -334,8 +375,9 @@ def cmd_render(args: argparse.Namespace) -> int:
             if args.boxes and not boxes:
                 print(f"hmer: note: {path}: no symbol segmentation, no boxes", file=sys.stderr)
             if mode == "fixed":
-                image = render_fixed(ink.traces, tuple(args.size or (128, 512)), style=style,
-                                     boxes=boxes)
+                image = render_fixed(
+                    ink.traces, tuple(args.size or (128, 512)), style=style, boxes=boxes
+                )
             else:
                 image = render_natural(ink.traces, style=style, boxes=boxes)
             if to_dir:
@@ -394,8 +436,9 @@ def augment_grid(
                 img = image_aug(draw_plan(plan), g)
             pic = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
             f = min(1.0, ch / pic.height, cw / pic.width)
-            pic = pic.resize((max(1, int(pic.width * f)), max(1, int(pic.height * f))),
-                             Image.Resampling.BILINEAR)
+            pic = pic.resize(
+                (max(1, int(pic.width * f)), max(1, int(pic.height * f))), Image.Resampling.BILINEAR
+            )
             left = gap + c * (cw + gap)
             cell_img = np.zeros((ch, cw), np.uint8)
             cell_img[: pic.height, : pic.width] = np.asarray(pic)
@@ -418,8 +461,10 @@ def cmd_augment_grid(args: argparse.Namespace) -> int:
     grid = augment_grid(split.samples, args.n, args.variants, args.seed)
     _save_png(grid, args.output)
     rows = min(args.n, len(split.samples))
-    print(f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}): {rows} expressions, clean "
-          f"render then {args.variants} augmented versions each")
+    print(
+        f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}): {rows} expressions, clean "
+        f"render then {args.variants} augmented versions each"
+    )
     return 0
 
 
@@ -442,8 +487,10 @@ def cmd_check_normalization(args: argparse.Namespace) -> int:
         report = check_normalization(pairs, max_examples=args.examples)
         print(format_report(name, report, examples=args.examples > 0))
         written = check_normalization(pairs, max_examples=0, canonical=False)
-        print(f"  (keeping the written ^/_ order instead: {written.exact}/{written.total}, "
-              f"{written.percent:.2f}%)")
+        print(
+            f"  (keeping the written ^/_ order instead: {written.exact}/{written.total}, "
+            f"{written.percent:.2f}%)"
+        )
         if report.percent < args.min:
             _err(f"split {name}: {report.percent:.2f}% is below --min {args.min}")
             failed += 1

@@ -14,20 +14,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the web page and HTTP API",
         description="Serve the drawing page at / and the API at /v1 (docs at /docs).",
     )
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model", help="image (or stroke) model file (default: the shipped one)")
-    p.add_argument("--stroke-model",
-                   help="stroke model for drawn ink (default: the shipped one, if any; 'none', or "
-                        "no stroke model: drawings are rendered and read by the image model)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0,
-                   help="largest request body in MB (default 10)")
+    p.add_argument(
+        "--stroke-model",
+        help="stroke model for drawn ink (default: the shipped one, if any; 'none', or "
+        "no stroke model: drawings are rendered and read by the image model)",
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest request body in MB (default 10)"
+    )
     p.add_argument("--beam", type=int, default=None, help="default beam width")
-    p.add_argument("--workers", type=int, default=None,
-                   help="inputs recognized at once (default: min(4, CPU cores))")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per recognition (default: CPU cores / workers)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="inputs recognized at once (default: min(4, CPU cores))",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per recognition (default: CPU cores / workers)",
+    )
     p.set_defaults(func=run)
 
 
@@ -67,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
         from hmer.interfaces.api import Limits, create_app
     except ImportError as exc:
-        print(f"hmer serve needs the server extras: pip install 'hmer[serve]' ({exc})",
-              file=sys.stderr)
+        print(
+            f"hmer serve needs the server extras: pip install 'hmer[serve]' ({exc})",
+            file=sys.stderr,
+        )
         return 1
     import torch
 
@@ -88,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     workers = max(1, args.workers or min(4, cores))
     torch.set_num_threads(max(1, args.threads or cores // workers))
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                    max_concurrency=workers)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_concurrency=workers)
     app = create_app(recs, limits)
     names = ", ".join(f"{n} ({r.input_kind})" for n, r in recs.items())
     print(f"hmer: serving {names} on http://{args.host}:{args.port}/", file=sys.stderr)

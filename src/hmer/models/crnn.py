@@ -71,7 +71,11 @@ class CRNN(nn.Module):
         self.frames = frames_per_column
         self.expand = nn.Linear(hidden, frames_per_column * hidden)
         self.rnn = nn.LSTM(
-            hidden, hidden // 2, num_layers=lstm_layers, batch_first=True, bidirectional=True,
+            hidden,
+            hidden // 2,
+            num_layers=lstm_layers,
+            batch_first=True,
+            bidirectional=True,
             dropout=dropout if lstm_layers > 1 else 0.0,
         )
         self.drop = nn.Dropout(dropout)
@@ -118,7 +122,12 @@ class CRNN(nn.Module):
         target_lengths = torch.tensor([len(seq) for seq in tokens], dtype=torch.long)
         # zero_infinity: a target longer than its frames (needs T >= L + repeats) adds no NaN
         return F.ctc_loss(
-            log_probs, targets, lengths.cpu(), target_lengths, blank=BLANK, reduction="mean",
+            log_probs,
+            targets,
+            lengths.cpu(),
+            target_lengths,
+            blank=BLANK,
+            reduction="mean",
             zero_infinity=True,
         )
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hmer.models.encoders import build_encoder, downsample_mask, pad_to_stride
 from hmer.models.registry import register
-
-PAD, SOS, EOS = 0, 1, 2
+from hmer.models.targets import EOS, SOS, teacher_forcing, token_loss
 
 
 class GRUCell(nn.Module):
@@ -116,8 +114,12 @@ class Seq2SeqHMER(nn.Module):
         memory = feat.flatten(2).transpose(1, 2)  # B, n, A
         mem_pad = fmask.reshape(b, h * w)
         return {
-            "memory": memory, "keys": self.key_proj(memory), "mem_pad": mem_pad, "hw": (h, w),
-            "rows": torch.arange(b), "cache": {},
+            "memory": memory,
+            "keys": self.key_proj(memory),
+            "mem_pad": mem_pad,
+            "hw": (h, w),
+            "rows": torch.arange(b),
+            "cache": {},
         }
 
     def select(self, mem: dict, index: torch.Tensor) -> dict:
@@ -200,18 +202,10 @@ class Seq2SeqHMER(nn.Module):
         """Left-to-right cross-entropy with teacher forcing."""
         mem = self.encode(images, masks)
         seqs = [seq[: self.max_len - 1] for seq in tokens]
-        t = (max(len(s) for s in seqs) + 1 + 7) // 8 * 8  # few distinct shapes
-        dev = images.device
-        tgt_in = torch.full((len(seqs), t), PAD, dtype=torch.long, device=dev)
-        tgt_out = torch.full((len(seqs), t), PAD, dtype=torch.long, device=dev)
-        for i, s in enumerate(seqs):
-            tgt_in[i, : len(s) + 1] = torch.tensor([SOS, *s])
-            tgt_out[i, : len(s) + 1] = torch.tensor([*s, EOS])
-        logits = self.decode(mem, tgt_in)
-        return F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD,
-            label_smoothing=label_smoothing,
+        tgt_in, tgt_out = teacher_forcing(
+            [[SOS, *s] for s in seqs], [[*s, EOS] for s in seqs], images.device
         )
+        return token_loss(self.decode(mem, tgt_in), tgt_out, label_smoothing)
 
 
 @register("seq2seq")

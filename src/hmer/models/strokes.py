@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from hmer.data.strokes import N_FEATURES
 from hmer.models.positional import WordPosEnc
 from hmer.models.registry import register
-from hmer.models.transformer import DecoderLayer, TransformerHMER
+from hmer.models.transformer import TransformerHMER
 
 
 class ConvBlock(nn.Module):
@@ -75,7 +75,11 @@ class StrokeEncoder(nn.Module):
         elif context == "gru":
             self.transformer = None
             self.rnn = nn.GRU(
-                d_model, d_model // 2, num_layers=layers, batch_first=True, bidirectional=True,
+                d_model,
+                d_model // 2,
+                num_layers=layers,
+                batch_first=True,
+                bidirectional=True,
                 dropout=dropout if layers > 1 else 0.0,
             )
         else:
@@ -126,21 +130,18 @@ class StrokeHMER(TransformerHMER):
     ):
         nn.Module.__init__(self)  # not TransformerHMER.__init__: it would build an image encoder
         self.encoder = StrokeEncoder(
-            in_features, d_model, tuple(conv_channels), conv_kernel, tuple(conv_strides), context,
-            context_layers, nhead, context_ffn or ffn, dropout,
+            in_features,
+            d_model,
+            tuple(conv_channels),
+            conv_kernel,
+            tuple(conv_strides),
+            context,
+            context_layers,
+            nhead,
+            context_ffn or ffn,
+            dropout,
         )
-        self.feat_norm = nn.LayerNorm(d_model)
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.word_pos = WordPosEnc(d_model)
-        self.embed_norm = nn.LayerNorm(d_model)
-        self.layers = nn.ModuleList(
-            DecoderLayer(d_model, nhead, ffn, dropout, coverage, first=i == 0)
-            for i in range(num_layers)
-        )
-        self.final_norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size)
-        self.max_len = max_len
-        self.vocab_size = vocab_size
+        self._init_decoder(vocab_size, d_model, nhead, num_layers, ffn, dropout, coverage, max_len)
 
     def encode(self, inputs: torch.Tensor, masks: torch.Tensor) -> dict:
         """Point features (B,N,F) with padding masks (B,N) -> memory for decoding."""

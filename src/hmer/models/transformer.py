@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from hmer.models.encoders import build_encoder, downsample_mask, pad_to_stride
 from hmer.models.positional import ImgPosEnc, WordPosEnc, _sinusoid
 from hmer.models.registry import register
-
-PAD, SOS, EOS = 0, 1, 2
+from hmer.models.targets import EOS, PAD, SOS, teacher_forcing, token_loss
 
 
 class CoverageRefiner(nn.Module):
@@ -72,26 +71,34 @@ class DecoderLayer(nn.Module):
         k, v = self.kv(memory).view(b, n, 2, self.nhead, d // self.nhead).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x, kv, mem_pad, hw, causal, tgt_pad, prev_attn):
-        h = self.norm1(x)
-        x = x + self.drop(
-            self.self_attn(h, h, h, attn_mask=causal, key_padding_mask=tgt_pad, need_weights=False)[
-                0
-            ]
-        )
-        h = self.norm2(x)
+    def _cross_scores(self, h, k, mem_pad, prev_attn):
+        """Cross-attention scores (B,heads,T,N) of queries ``h`` over the memory keys ``k``, and
+        the attention maps the coverage refiner reads (None without coverage)."""
         b, t, d = h.shape
         q = self.q(h).view(b, t, self.nhead, d // self.nhead).transpose(1, 2)
-        k, v = kv
         scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
         scores = scores.masked_fill(mem_pad[:, None, None, :], float("-inf"))
-        if self.arm is not None:
-            raw = scores.softmax(-1)
-            maps = raw if prev_attn is None else torch.cat([prev_attn, raw], 1)
+        if self.arm is None:
+            return scores, None
+        raw = scores.softmax(-1)
+        return scores, raw if prev_attn is None else torch.cat([prev_attn, raw], 1)
+
+    @staticmethod
+    def _read(attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention-weighted memory values, heads merged: (B,T,d)."""
+        ctx = attn.to(v.dtype) @ v  # B, heads, T, d/heads
+        b, _, t, _ = ctx.shape
+        return ctx.transpose(1, 2).reshape(b, t, -1)
+
+    def forward(self, x, kv, mem_pad, hw, causal, tgt_pad, prev_attn):
+        h = self.norm1(x)
+        sa = self.self_attn(h, h, h, attn_mask=causal, key_padding_mask=tgt_pad, need_weights=False)
+        x = x + self.drop(sa[0])
+        scores, maps = self._cross_scores(self.norm2(x), kv[0], mem_pad, prev_attn)
+        if maps is not None:
             scores = scores - self.arm(maps, mem_pad, hw).float()
         attn = scores.softmax(-1)
-        ctx = (self.drop(attn).to(v.dtype) @ v).transpose(1, 2).reshape(b, t, d)
-        x = x + self.drop(self.out(ctx))
+        x = x + self.drop(self.out(self._read(self.drop(attn), kv[1])))
         x = x + self.drop(self.ffn(self.norm3(x)))
         return x, attn
 
@@ -100,23 +107,15 @@ class DecoderLayer(nn.Module):
         h = self.norm1(x)
         cache["h"] = h if cache.get("h") is None else torch.cat([cache["h"], h], 1)
         x = x + self.self_attn(h, cache["h"], cache["h"], need_weights=False)[0]
-        h = self.norm2(x)
-        n, _, d = h.shape
-        q = self.q(h).view(n, 1, self.nhead, d // self.nhead).transpose(1, 2)
-        k, v = kv
-        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
-        scores = scores.masked_fill(mem_pad[:, None, None, :], float("-inf"))
-        if self.arm is not None:
-            raw = scores.softmax(-1)
-            maps = raw if prev_attn is None else torch.cat([prev_attn, raw], 1)
+        scores, maps = self._cross_scores(self.norm2(x), kv[0], mem_pad, prev_attn)
+        if maps is not None:
             cov = cache.get("cov")
             if cov is None:
                 cov = torch.zeros_like(maps)
             scores = scores - self.arm.from_coverage(cov, mem_pad, hw).float()
             cache["cov"] = cov + maps
         attn = scores.softmax(-1)
-        ctx = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(n, 1, d)
-        x = x + self.out(ctx)
+        x = x + self.out(self._read(attn, kv[1]))
         return x + self.ffn(self.norm3(x)), attn
 
 
@@ -143,6 +142,12 @@ class TransformerHMER(nn.Module):
         self.encoder = build_encoder(encoder, **(encoder_cfg or {}))
         self.feat_proj = nn.Conv2d(self.encoder.out_channels, d_model, 1)
         self.img_pos = ImgPosEnc(d_model)
+        self._init_decoder(vocab_size, d_model, nhead, num_layers, ffn, dropout, coverage, max_len)
+
+    def _init_decoder(
+        self, vocab_size, d_model, nhead, num_layers, ffn, dropout, coverage, max_len
+    ) -> None:
+        """Everything after the encoder (shared with the stroke model)."""
         self.feat_norm = nn.LayerNorm(d_model)
         self.embed = nn.Embedding(vocab_size, d_model)
         self.word_pos = WordPosEnc(d_model)
@@ -249,22 +254,10 @@ class TransformerHMER(nn.Module):
                 s = seq if direction == "l2r" else seq[::-1]
                 seqs_in.append([start, *s])
                 seqs_out.append([*s, end])
-        t = max(len(s) for s in seqs_in)
-        t = (t + 7) // 8 * 8  # few distinct shapes
-        dev = images.device
-        tgt_in = torch.full((len(seqs_in), t), PAD, dtype=torch.long, device=dev)
-        tgt_out = torch.full((len(seqs_in), t), PAD, dtype=torch.long, device=dev)
-        for i, (a, b) in enumerate(zip(seqs_in, seqs_out, strict=True)):
-            tgt_in[i, : len(a)] = torch.tensor(a)
-            tgt_out[i, : len(b)] = torch.tensor(b)
-        both = torch.arange(len(tokens), device=dev).repeat(2)
+        tgt_in, tgt_out = teacher_forcing(seqs_in, seqs_out, images.device)
+        both = torch.arange(len(tokens), device=images.device).repeat(2)
         logits = self.decode(self.select(mem, both), tgt_in)
-        return F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            tgt_out.reshape(-1),
-            ignore_index=PAD,
-            label_smoothing=label_smoothing,
-        )
+        return token_loss(logits, tgt_out, label_smoothing)
 
 
 @register("transformer")

@@ -186,9 +186,7 @@ def train(
         if main:
             trim_csv(run_dir / "log.csv", "step", state["step"])
             trim_csv(run_dir / "eval.csv", "epoch", state["epoch"])
-            print(
-                f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}"
-            )
+            print(f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}")
     ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     def checkpoint(path: Path = ckpt_path) -> None:
