@@ -139,3 +139,34 @@ def test_torchrun_two_processes_gloo(tmp_path, samples, vocab):
     assert (run / "last.pt").exists()
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["state"]
     assert state["epoch"] == 1
+
+
+def test_overrides_set_dotted_keys_with_toml_values():
+    from hmer.training.train import apply_overrides
+
+    cfg = tiny_config()
+    cfg["data"]["test"] = "2016"
+    cfg = apply_overrides(
+        cfg,
+        ["train.lr=1e-4", "data.test=2014", "data.augment=false", "model.encoder_cfg.depth=3"],
+    )
+    assert cfg["train"]["lr"] == 1e-4
+    assert cfg["data"]["test"] == "2014"  # text where text was
+    assert cfg["data"]["augment"] is False
+    assert cfg["model"]["encoder_cfg"] == {"growth": 4, "depth": 3, "dropout": 0.0}
+    for bad in ["lr=1", "train.lr"]:
+        with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+            apply_overrides(tiny_config(), [bad])
+
+
+def test_formula_holdout_keeps_every_copy_of_a_formula_out_of_training(samples):
+    from hmer.training.train import split_holdout
+
+    doubled = samples + [type(s)(s.id + "_b", s.traces, s.tokens) for s in samples]
+    train_set, val = split_holdout(doubled, 3, by="formula")
+    assert len(val) >= 3 and len(train_set) + len(val) == len(doubled)
+    assert not {tuple(s.tokens) for s in val} & {tuple(s.tokens) for s in train_set}
+    _, val_random = split_holdout(doubled, 3)
+    assert len(val_random) == 3
+    with pytest.raises(ValueError, match="hold-out"):
+        split_holdout(doubled, 3, by="writer")

@@ -114,7 +114,7 @@ def normalize_bitmap(
         raise ImageError(f"{source}: no ink found (blank image)")
     img8 = np.clip(img * (255.0 / img.max()), 0, 255).astype(np.uint8)
     ink = img8 > max(_otsu(img8), 40)
-    labels, n = ndimage.label(ink)
+    labels, n = ndimage.label(ink, structure=np.ones((3, 3)))  # 1-px diagonal lines connect
     if n == 0:
         raise ImageError(f"{source}: no ink found (blank image)")
     boxes = ndimage.find_objects(labels)

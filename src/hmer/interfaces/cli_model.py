@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init-from", help="start from released weights (fine-tuning)")
     p.add_argument("--epochs", type=int, help="override the config's epoch count")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config entry, e.g. --set data.train_limit=500 --set train.lr=3e-4",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a CROHME split")
@@ -120,9 +127,13 @@ def cmd_recognize(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hmer.training.train import load_config, train
+    from hmer.training.train import apply_overrides, load_config, train
 
-    config = load_config(args.config)
+    try:
+        config = apply_overrides(load_config(args.config), args.set)
+    except ValueError as e:
+        print(f"hmer train: {e}", file=sys.stderr)
+        return 2
     if args.epochs:
         config["train"]["epochs"] = args.epochs
     run_dir = args.run_dir or f"runs/{Path(args.config).stem}"

@@ -39,14 +39,52 @@ def load_config(path: str | Path) -> dict:
 
 
 def split_holdout(
-    samples: list[Sample], size: int, seed: int = 0
+    samples: list[Sample], size: int, seed: int = 0, by: str = "random"
 ) -> tuple[list[Sample], list[Sample]]:
-    """Deterministically hold ``size`` samples out of ``samples`` for validation."""
-    order = np.random.default_rng(seed).permutation(len(samples))
-    held = set(order[:size].tolist())
+    """Deterministically hold about ``size`` samples out of ``samples`` for validation.
+
+    ``by="random"`` picks expressions; ``by="formula"`` picks whole formulas (every writer's copy
+    of a held-out formula leaves training), so validation measures formulas never seen, as a
+    test set does. CROHME repeats many formulas, which makes random hold-outs optimistic.
+    """
+    rng = np.random.default_rng(seed)
+    if by == "random":
+        held = set(rng.permutation(len(samples))[:size].tolist())
+    elif by == "formula":
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(tuple(s.tokens), []).append(i)
+        keys = list(groups)
+        held = set()
+        for k in rng.permutation(len(keys)):
+            if len(held) >= size:
+                break
+            held.update(groups[keys[k]])
+    else:
+        raise ValueError(f"unknown hold-out kind {by!r} (random or formula)")
     train = [s for i, s in enumerate(samples) if i not in held]
     val = [s for i, s in enumerate(samples) if i in held]
     return train, val
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """Set dotted ``section.key=value`` entries (TOML values; text where text was or TOML fails)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"override {item!r} is not SECTION.KEY=VALUE")
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            node = node.setdefault(part, {})
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if isinstance(node.get(last), str):  # e.g. data.test=2014 names a split, not a number
+            value = raw
+        node[last] = value
+    return config
 
 
 def load_samples(name: str) -> list[Sample]:
@@ -146,7 +184,12 @@ def train(
     vocab = Vocab.from_json(config["vocab"]) if "vocab" in config else crohme_vocab()
     if samples is None:
         train_all = load_samples(dc.get("train", "train"))
-        train_set, val_set = split_holdout(train_all, dc.get("val_size", 500))
+        train_set, val_set = split_holdout(
+            train_all, dc.get("val_size", 500), by=dc.get("val_split", "random")
+        )
+        if dc.get("train_limit"):  # a subset, for quick runs
+            keep = np.random.default_rng(0).permutation(len(train_set))[: dc["train_limit"]]
+            train_set = [train_set[i] for i in sorted(keep)]
         for extra in dc.get("extra_train", []):  # e.g. synthetic data; never validated on
             train_set = train_set + load_samples(extra)
         test_set = load_samples(dc["test"]) if dc.get("test") else []

@@ -1,0 +1,179 @@
+"""Accuracy of an image model on bitmaps drawn by another tool than its training renderer.
+
+The CROHME 2014 test ink is drawn here with Pillow's line drawing (not hmer's renderer) in
+styles that other tools and the published datasets use: binary white-on-black at ~28 px symbols
+(like the official test bitmaps), whole expressions ~100 px high in either polarity, thin and
+thick strokes, and a photo-like page (grey gradient paper, noise, JPEG). Each bitmap then goes
+through the same path as ``hmer recognize photo.png`` (polarity detection, background
+flattening, rescaling), so the table measures what a user with such images would get.
+
+    python benchmarks/robustness.py                       # shipped image model, greedy, all 986
+    python benchmarks/robustness.py --beam 10 --limit 300 --model runs/x/best.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from hmer.data.dataset import load_cached
+from hmer.data.render import ink_symbol_size
+from hmer.evaluation.metrics import exprate
+from hmer.recognize import Recognizer
+
+
+@dataclass
+class Style:
+    name: str
+    symbol_px: float | None = None  # scale so the median symbol is this tall, or
+    height_px: float | None = None  # scale so the whole expression is this tall
+    line_width: int = 3
+    antialias: bool = False
+    dark_ink: bool = False  # black on white
+    photo: bool = False
+    margin: int = 12
+
+
+STYLES = [
+    Style("official-like: binary, white on black, 28 px symbols, 3 px lines", symbol_px=28),
+    Style(
+        "100 px high, black on white, 2 px antialiased",
+        height_px=100,
+        line_width=2,
+        antialias=True,
+        dark_ink=True,
+    ),
+    Style("100 px high, white on black, 1 px binary", height_px=100, line_width=1),
+    Style("100 px high, black on white, 6 px lines", height_px=100, line_width=6, dark_ink=True),
+    Style(
+        "200 px high, black on white, 4 px antialiased",
+        height_px=200,
+        line_width=4,
+        antialias=True,
+        dark_ink=True,
+    ),
+    Style(
+        "photo-like: 150 px high, grey gradient paper, noise, JPEG",
+        height_px=150,
+        line_width=3,
+        antialias=True,
+        dark_ink=True,
+        photo=True,
+    ),
+]
+
+
+def draw(traces: list[np.ndarray], style: Style, rng: np.random.Generator) -> np.ndarray:
+    """Draw ink with Pillow in ``style``; returns an 8-bit grayscale bitmap."""
+    pts = np.concatenate([t[:, :2] for t in traces])
+    lo, hi = pts.min(0), pts.max(0)
+    if style.symbol_px:
+        scale = style.symbol_px / ink_symbol_size(traces)
+    else:
+        scale = style.height_px / max(hi[1] - lo[1], 1e-6)
+    ss = 4 if style.antialias else 1  # supersampling factor
+    w = int((hi[0] - lo[0]) * scale) + 2 * style.margin + 1
+    h = int((hi[1] - lo[1]) * scale) + 2 * style.margin + 1
+    img = Image.new("L", (w * ss, h * ss), 0)
+    pen = ImageDraw.Draw(img)
+    for t in traces:
+        xy = [
+            (
+                (x - lo[0]) * scale * ss + style.margin * ss,
+                (y - lo[1]) * scale * ss + style.margin * ss,
+            )
+            for x, y in t[:, :2]
+        ]
+        if len(xy) == 1:
+            r = style.line_width * ss / 2
+            pen.ellipse([xy[0][0] - r, xy[0][1] - r, xy[0][0] + r, xy[0][1] + r], fill=255)
+        else:
+            pen.line(xy, fill=255, width=style.line_width * ss, joint="curve")
+    if ss > 1:
+        img = img.resize((w, h), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, np.float32)
+    if style.dark_ink:
+        arr = 255.0 - arr
+    if style.photo:
+        paper = 200 + 40 * np.linspace(-1, 1, w)[None, :] * np.linspace(0.5, 1, h)[:, None]
+        arr = paper * (arr / 255.0) + rng.normal(0, 8, arr.shape)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=70)
+        return np.asarray(Image.open(buf).convert("L"))
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def save_preview(traces: list[np.ndarray], path: str) -> None:
+    """One expression in every style, stacked on a mid-grey sheet."""
+    rng = np.random.default_rng(0)
+    tiles = [draw(traces, style, rng) for style in STYLES]
+    width = max(t.shape[1] for t in tiles)
+    sheet = np.full((sum(t.shape[0] + 8 for t in tiles), width), 128, np.uint8)
+    y = 0
+    for t in tiles:
+        sheet[y : y + t.shape[0], : t.shape[1]] = t
+        y += t.shape[0] + 8
+    Image.fromarray(sheet).save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help=".safetensors release or training .pt (default: shipped)")
+    ap.add_argument("--beam", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0, help="first N test expressions (0 = all)")
+    ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--preview", help="write a PNG of one expression in every style, and stop")
+    args = ap.parse_args()
+    samples = load_cached("2014").samples
+    samples = samples[: args.limit] if args.limit else samples
+    if args.preview:
+        save_preview(samples[0].traces, args.preview)
+        return
+
+    if args.model and args.model.endswith(".pt"):
+        from hmer.interfaces.cli_model import load_any
+
+        model, vocab, name = load_any(args.model)
+        rec = Recognizer(model, vocab, name)
+    else:
+        rec = Recognizer.load(args.model)
+    truths = [s.tokens for s in samples]
+    rows = [
+        f"model `{rec.name}`, beam {args.beam}, {len(samples)} CROHME 2014 test expressions",
+        "",
+        "| bitmap style | ExpRate | ≤1 | ≤2 | ms p50 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    # hmer's own renderer, decoded directly: the reference the other rows are compared with
+    styles: list[Style | None] = [None, *STYLES]
+    for style in styles:
+        rng = np.random.default_rng(0)
+        preds, times = [], []
+        for s in samples:
+            if style is None:
+                r = rec.recognize_strokes([t.tolist() for t in s.traces], args.beam)
+            else:
+                r = rec.recognize_image(draw(s.traces, style, rng), s.id, args.beam)
+            preds.append(r.tokens)
+            times.append(r.time_ms)
+        m = exprate(preds, truths)
+        label = "hmer's renderer (training style; reference)" if style is None else style.name
+        rows.append(
+            f"| {label} | {m['exprate']:.2f} | {m['le1']:.2f} | {m['le2']:.2f} "
+            f"| {np.median(times):.0f} |"
+        )
+        print(rows[-1], flush=True)
+    rows.append(f"\nmeasured {time.strftime('%Y-%m-%d')}")
+    print("\n".join(rows))
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
