@@ -9,6 +9,7 @@ flattening, rescaling), so the table measures what a user with such images would
 
     python benchmarks/robustness.py                       # shipped image model, greedy, all 986
     python benchmarks/robustness.py --beam 10 --limit 300 --model runs/x/best.pt
+    python benchmarks/robustness.py --write /tmp/crohme2014   # PNGs for `hmer recognize DIR`
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -121,6 +123,16 @@ def save_preview(traces: list[np.ndarray], path: str) -> None:
     Image.fromarray(sheet).save(path)
 
 
+def write_test_images(samples, out: Path) -> None:
+    """Official-like bitmaps and the caption-convention truth, for ``hmer recognize DIR``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for s in samples:
+        Image.fromarray(draw(s.traces, STYLES[0], rng)).save(out / f"{s.id}.png")
+    (out / "truth.tsv").write_text("".join(f"{s.id}\t{' '.join(s.tokens)}\n" for s in samples))
+    print(f"wrote {len(samples)} images and truth.tsv to {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help=".safetensors release or training .pt (default: shipped)")
@@ -128,11 +140,19 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N test expressions (0 = all)")
     ap.add_argument("--out", help="write the markdown table here too")
     ap.add_argument("--preview", help="write a PNG of one expression in every style, and stop")
+    ap.add_argument(
+        "--write",
+        metavar="DIR",
+        help="write the test set as official-like PNGs (ID.png) and truth.tsv to DIR, and stop",
+    )
     args = ap.parse_args()
     samples = load_cached("2014").samples
     samples = samples[: args.limit] if args.limit else samples
     if args.preview:
         save_preview(samples[0].traces, args.preview)
+        return
+    if args.write:
+        write_test_images(samples, Path(args.write))
         return
 
     if args.model and args.model.endswith(".pt"):

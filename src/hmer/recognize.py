@@ -17,7 +17,7 @@ import torch
 
 from hmer.data.images import prepare_image
 from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
-from hmer.data.latex import detokenize, is_valid
+from hmer.data.latex import detokenize, is_valid, repair
 from hmer.data.render import render_natural
 from hmer.data.vocab import Vocab
 from hmer.decoding import recognize_batch
@@ -112,13 +112,19 @@ class Recognizer:
             masks = torch.zeros(1, x.shape[0], dtype=torch.bool)
         with self._lock, torch.inference_mode():
             hyps = recognize_batch(self.model, inputs, masks, beam=beam)[0]
-        alts = []
+        valid, repaired, seen = [], [], set()
         for h in hyps:
             tokens = self.vocab.decode(h.ids)
-            alts.append(Alternative(detokenize(tokens), tokens, round(h.confidence, 4)))
-        # A hypothesis that is not valid LaTeX yields to the next valid one.
-        valid = [a for a in alts if is_valid(a.tokens)]
-        ranked = valid + [a for a in alts if not is_valid(a.tokens)]
+            ok = is_valid(tokens)
+            if not ok:  # pasted LaTeX must compile: smallest edits that make it well-formed
+                tokens = repair(tokens)
+            if tuple(tokens) in seen:
+                continue
+            seen.add(tuple(tokens))
+            alt = Alternative(detokenize(tokens), tokens, round(h.confidence, 4))
+            (valid if ok else repaired).append(alt)
+        # A hypothesis that was not valid LaTeX yields to every valid one.
+        ranked = valid + repaired
         best = ranked[0] if ranked else Alternative("", [], 0.0)
         ms = (time.perf_counter() - t0) * 1000
         return Result(best.latex, best.tokens, best.score, ranked, self.name, round(ms, 1), source)

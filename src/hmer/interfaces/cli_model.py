@@ -166,36 +166,24 @@ def load_any(path: str | None):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from hmer.data.dataset import load_cached
+    from hmer.data.inkml import Ink
     from hmer.data.latex import normalize_prediction
-    from hmer.data.render import render_natural
-    from hmer.decoding import recognize_batch
     from hmer.evaluation.metrics import score
+    from hmer.recognize import Recognizer
 
     model, vocab, name = load_any(args.model)
+    rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
     samples = load_cached(args.split).samples[: args.limit]
     preds, truths, rows, times = {}, {}, [], []
-    strokes = getattr(model, "input_kind", "image") == "strokes"
-    if strokes:
-        from hmer.data.strokes import ink_features
     for s in samples:
-        t0 = time.perf_counter()
-        if strokes:
-            x = torch.from_numpy(ink_features(s.traces))[None]
-            m = torch.zeros(1, x.shape[1], dtype=torch.bool)
-        else:
-            img = render_natural(s.traces)
-            x = torch.from_numpy(img.astype(np.float32) / 255)[None, None]
-            m = torch.zeros(1, *img.shape, dtype=torch.bool)
-        with torch.inference_mode():
-            hyp = recognize_batch(model, x, m, beam=args.beam)[0]
+        t0 = time.perf_counter()  # rendering included, as a user of recognize waits for it
+        result = rec.recognize_ink(Ink(s.traces, source=s.id), beam=args.beam)
         times.append(time.perf_counter() - t0)
-        pred = vocab.decode(hyp[0].ids) if hyp else []
-        preds[s.id] = normalize_prediction(pred)
+        preds[s.id] = normalize_prediction(result.tokens)
         truths[s.id] = normalize_prediction(s.tokens)
-        rows.append(f"{s.id}\t{' '.join(pred)}\t{' '.join(s.tokens)}")
+        rows.append(f"{s.id}\t{' '.join(result.tokens)}\t{' '.join(s.tokens)}")
     metrics = score(preds, truths)
     metrics["model"], metrics["split"], metrics["beam"] = name, args.split, args.beam
     metrics["latency_ms_p50"] = round(1000 * float(np.percentile(times, 50)), 1)
