@@ -67,6 +67,11 @@ def test_train_writes_checkpoints_logs_and_best(tmp_path, samples, vocab):
         assert (tmp_path / "run" / name).exists(), name
     rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("epoch") and len(rows) == 3  # header + one val row per epoch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert len(events.Scalars("val/exprate")) == 2
 
 
 def _weights(run_dir):

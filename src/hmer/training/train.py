@@ -151,6 +151,15 @@ def evaluate(
     return exprate(preds, truths), rows
 
 
+def tensorboard_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter when tensorboard is installed, else None (CSV logs remain)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir))
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -256,6 +265,7 @@ def train(
     if main and not eval_path.exists():
         eval_path.write_text("epoch,step,cpu_hours,split,exprate,le1,le2\n")
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    tb = tensorboard_writer(run_dir / "tb") if main else None
 
     # ---- loop ------------------------------------------------------------------------------
     last_ckpt = time.time()
@@ -326,6 +336,10 @@ def train(
                     ]
                 )
                 log_file.flush()
+                if tb is not None:
+                    tb.add_scalar("train/loss", loss_sum / loss_n, state["step"])
+                    tb.add_scalar("train/lr", lr, state["step"])
+                    tb.add_scalar("train/samples_per_s", rate, state["step"])
                 bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", sps=f"{rate:.1f}")
                 loss_sum, loss_n = 0.0, 0
             if now - last_ckpt > 60 * tc.get("checkpoint_minutes", 5):
@@ -353,6 +367,10 @@ def train(
                         f"{metrics['exprate']:.2f},{metrics['le1']:.2f},{metrics['le2']:.2f}\n"
                     )
                 print(f"epoch {state['epoch']} {split_name}: {metrics}", flush=True)
+                if tb is not None:
+                    for key in ("exprate", "le1", "le2"):
+                        tb.add_scalar(f"{split_name}/{key}", metrics[key], state["step"])
+                    tb.flush()
                 (run_dir / f"pred-{split_name}.tsv").write_text(
                     "".join(f"{i}\t{p}\n" for i, p in rows)
                 )
@@ -374,6 +392,8 @@ def train(
                 print(f"early stop: no validation gain in {patience} evaluations", flush=True)
             break
     log_file.close()
+    if tb is not None:
+        tb.close()
     if distributed:
         dist.barrier()  # no rank tears the group down while another still uses it
         dist.destroy_process_group()
