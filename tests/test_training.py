@@ -157,6 +157,7 @@ def test_overrides_set_dotted_keys_with_toml_values():
     )
     assert cfg["train"]["lr"] == 1e-4
     assert cfg["data"]["test"] == "2014"  # text where text was
+    assert apply_overrides(cfg, ['data.test=""'])["data"]["test"] == ""  # quoted TOML text
     assert cfg["data"]["augment"] is False
     assert cfg["model"]["encoder_cfg"] == {"growth": 4, "depth": 3, "dropout": 0.0}
     for bad in ["lr=1", "train.lr"]:
@@ -175,3 +176,16 @@ def test_formula_holdout_keeps_every_copy_of_a_formula_out_of_training(samples):
     assert len(val_random) == 3
     with pytest.raises(ValueError, match="hold-out"):
         split_holdout(doubled, 3, by="writer")
+
+
+def test_bf16_setting_follows_the_cpu_when_auto(monkeypatch):
+    from hmer.training import train as train_mod
+
+    monkeypatch.setattr(train_mod, "bf16_fast", lambda: False)
+    assert train_mod.use_bf16("auto") is False
+    monkeypatch.setattr(train_mod, "bf16_fast", lambda: True)
+    assert train_mod.use_bf16("auto") is True
+    assert train_mod.use_bf16(False) is False and train_mod.use_bf16(True) is True
+    assert train_mod.use_bf16("false") is False  # --set train.bf16=false over "auto"
+    with pytest.raises(ValueError, match="bf16"):
+        train_mod.use_bf16("sometimes")

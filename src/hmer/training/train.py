@@ -81,8 +81,8 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        if isinstance(node.get(last), str):  # e.g. data.test=2014 names a split, not a number
-            value = raw
+        if isinstance(node.get(last), str) and not isinstance(value, str):
+            value = raw  # e.g. data.test=2014 names a split, not a number
         node[last] = value
     return config
 
@@ -118,6 +118,23 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
         return base * (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def bf16_fast() -> bool:
+    """Whether this CPU has native bf16 (AVX-512 BF16 or AMX); without it bf16 is emulated.
+
+    Measured on an AVX2-only EPYC: a DenseNet + Transformer training step took 18 s in bf16
+    autocast against 1.7 s in fp32, so bf16 must follow the hardware, not the config alone.
+    """
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def use_bf16(setting: bool | str) -> bool:
+    """Resolve a config's ``bf16`` (true, false or "auto") on this machine."""
+    value = str(setting).lower()  # --set train.bf16=false over "auto" arrives as text
+    if value not in ("true", "false", "auto"):
+        raise ValueError(f'train.bf16 must be true, false or "auto", not {setting!r}')
+    return bf16_fast() if value == "auto" else value == "true"
 
 
 def batches_for(model) -> type:
@@ -220,7 +237,7 @@ def train(
         model.load_state_dict(load_weights(init_from)[0])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
-    bf16 = tc.get("bf16", True)
+    bf16 = use_bf16(tc.get("bf16", "auto"))
     make_batches = batches_for(model)
     seed = tc.get("seed", 0)
     steps_per_epoch = len(make_batches(train_set, vocab, spec, 0, seed, rank=rank, world=world))
