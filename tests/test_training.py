@@ -160,6 +160,8 @@ def test_overrides_set_dotted_keys_with_toml_values():
     assert apply_overrides(cfg, ['data.test=""'])["data"]["test"] == ""  # quoted TOML text
     assert cfg["data"]["augment"] is False
     assert cfg["model"]["encoder_cfg"] == {"growth": 4, "depth": 3, "dropout": 0.0}
+    cfg["train"]["bf16"] = "auto"
+    assert apply_overrides(cfg, ["train.bf16=false"])["train"]["bf16"] is False  # not "false"
     for bad in ["lr=1", "train.lr"]:
         with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
             apply_overrides(tiny_config(), [bad])
@@ -186,6 +188,36 @@ def test_bf16_setting_follows_the_cpu_when_auto(monkeypatch):
     monkeypatch.setattr(train_mod, "bf16_fast", lambda: True)
     assert train_mod.use_bf16("auto") is True
     assert train_mod.use_bf16(False) is False and train_mod.use_bf16(True) is True
-    assert train_mod.use_bf16("false") is False  # --set train.bf16=false over "auto"
-    with pytest.raises(ValueError, match="bf16"):
-        train_mod.use_bf16("sometimes")
+    for bad in ("sometimes", "false", 1):
+        with pytest.raises(ValueError, match="bf16"):
+            train_mod.use_bf16(bad)
+
+
+def test_partial_init_gives_a_stroke_model_the_image_models_decoder(tmp_path, vocab):
+    from hmer.models import create_model
+    from hmer.training.train import init_weights
+    from hmer.weights import WeightsError, save_release
+
+    dec = {"d_model": 32, "nhead": 4, "num_layers": 1, "ffn": 64}
+    image_cfg = {"name": "transformer", "encoder": "cnn", **dec}
+    image = create_model(
+        "transformer", len(vocab), **{k: v for k, v in image_cfg.items() if k != "name"}
+    )
+    path = save_release(image, image_cfg, vocab, tmp_path / "img.safetensors", fp16=False)
+    strokes = create_model(
+        "strokes", len(vocab), conv_channels=[16], conv_strides=[2], context_layers=1, **dec
+    )
+    fresh_encoder = {
+        k: v.clone() for k, v in strokes.state_dict().items() if k.startswith("encoder.")
+    }
+
+    n = init_weights(strokes, path, partial=True)
+    own, src = strokes.state_dict(), image.state_dict()
+    shared = [k for k in own if not k.startswith("encoder.")]
+    assert n == len(shared) > 0
+    assert all(torch.equal(own[k], src[k]) for k in shared)  # the whole decoder came across
+    assert all(torch.equal(own[k], v) for k, v in fresh_encoder.items())  # encoder untouched
+    with pytest.raises(RuntimeError):  # without partial, a mismatch is an error, not a surprise
+        init_weights(strokes, path)
+    with pytest.raises(WeightsError):
+        init_weights(strokes, tmp_path / "missing.safetensors", partial=True)

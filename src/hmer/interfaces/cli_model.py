@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="checkpoints and logs (default: runs/CONFIG_NAME)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init-from", help="start from released weights (fine-tuning)")
+    p.add_argument(
+        "--init-partial",
+        action="store_true",
+        help="take only the --init-from tensors whose name and shape match (e.g. a decoder)",
+    )
     p.add_argument("--epochs", type=int, help="override the config's epoch count")
     p.add_argument(
         "--set",
@@ -137,7 +142,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs:
         config["train"]["epochs"] = args.epochs
     run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
-    state = train(config, run_dir, resume=args.resume, init_from=args.init_from)
+    state = train(
+        config,
+        run_dir,
+        resume=args.resume,
+        init_from=args.init_from,
+        init_partial=args.init_partial,
+    )
     print(
         f"done: epoch {state['epoch']}, step {state['step']}, best val ExpRate {state['best']:.2f}"
     )

@@ -81,7 +81,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        if isinstance(node.get(last), str) and not isinstance(value, str):
+        if isinstance(node.get(last), str) and type(value) in (int, float):
             value = raw  # e.g. data.test=2014 names a split, not a number
         node[last] = value
     return config
@@ -131,10 +131,11 @@ def bf16_fast() -> bool:
 
 def use_bf16(setting: bool | str) -> bool:
     """Resolve a config's ``bf16`` (true, false or "auto") on this machine."""
-    value = str(setting).lower()  # --set train.bf16=false over "auto" arrives as text
-    if value not in ("true", "false", "auto"):
+    if setting == "auto":
+        return bf16_fast()
+    if not isinstance(setting, bool):
         raise ValueError(f'train.bf16 must be true, false or "auto", not {setting!r}')
-    return bf16_fast() if value == "auto" else value == "true"
+    return setting
 
 
 def batches_for(model) -> type:
@@ -183,11 +184,30 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def init_weights(model: torch.nn.Module, path: str | Path, partial: bool = False) -> int:
+    """Load released weights into ``model``; return how many tensors were set.
+
+    ``partial`` keeps only the tensors whose name and shape match (e.g. a stroke model taking its
+    decoder from an image model); the rest keep their fresh initialization.
+    """
+    from hmer.weights import load_weights
+
+    loaded = load_weights(path)[0]
+    if not partial:
+        model.load_state_dict(loaded)
+        return len(loaded)
+    own = model.state_dict()
+    keep = {k: v for k, v in loaded.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(keep, strict=False)
+    return len(keep)
+
+
 def train(
     config: dict,
     run_dir: str | Path,
     resume: bool = False,
     init_from: str | None = None,
+    init_partial: bool = False,
     samples: dict[str, list[Sample]] | None = None,
 ) -> dict:
     """Train a model as ``config`` says, writing checkpoints and logs to ``run_dir``.
@@ -232,9 +252,9 @@ def train(
     name = mc.pop("name")
     model = create_model(name, len(vocab), **mc).to(memory_format=torch.channels_last)
     if init_from:
-        from hmer.weights import load_weights
-
-        model.load_state_dict(load_weights(init_from)[0])
+        n = init_weights(model, init_from, partial=init_partial)
+        if main:
+            print(f"initialized {n} of {len(model.state_dict())} tensors from {init_from}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
     bf16 = use_bf16(tc.get("bf16", "auto"))

@@ -1,0 +1,105 @@
+"""Latency and batch throughput of a trained model on CROHME 2014 test expressions.
+
+Latency is what a user of ``hmer recognize`` waits for one expression: rendering the ink (image
+models) or its point features (stroke models), decoding, and post-processing, through
+``hmer.recognize.Recognizer``; p50/p90 in ms for each beam width, after a few warm-up
+expressions. Batch throughput decodes sorted, padded batches greedily (expressions/s), the way an
+offline job over a directory could. Threads default to the 2 cores of the reference machine.
+
+    python benchmarks/latency.py                          # shipped image model, 200 expressions
+    python benchmarks/latency.py --model src/hmer/weights/strokes.safetensors --limit 100
+    python benchmarks/latency.py --threads 1 --beams 1 --batch 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from hmer.data.batching import pad_images
+from hmer.data.dataset import load_cached
+from hmer.data.inkml import Ink
+from hmer.data.render import render_natural
+from hmer.data.strokes import ink_features
+from hmer.decoding import recognize_batch
+from hmer.recognize import Recognizer
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = 1000 * np.asarray(seconds)
+    return round(float(np.percentile(ms, 50)), 1), round(float(np.percentile(ms, 90)), 1)
+
+
+def latency(rec: Recognizer, inks: list[Ink], beam: int, warmup: int = 5) -> list[float]:
+    """Seconds per expression, one at a time, after ``warmup`` unrecorded ones."""
+    for ink in inks[:warmup]:
+        rec.recognize_ink(ink, beam=beam)
+    times = []
+    for ink in inks:
+        t0 = time.perf_counter()
+        rec.recognize_ink(ink, beam=beam)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def pad_points(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    x = torch.zeros(len(seqs), n, seqs[0].shape[1])
+    mask = torch.ones(len(seqs), n, dtype=torch.bool)
+    for j, s in enumerate(seqs):
+        x[j, : len(s)] = torch.from_numpy(s.astype(np.float32))
+        mask[j, : len(s)] = False
+    return x, mask
+
+
+def batch_throughput(rec: Recognizer, inks: list[Ink], batch: int) -> float:
+    """Greedy expressions/s over size-sorted batches (inputs prepared inside the timing)."""
+    t0 = time.perf_counter()
+    if rec.input_kind == "strokes":
+        items = sorted((ink_features(i.traces) for i in inks), key=len)
+    else:
+        items = sorted((render_natural(i.traces) for i in inks), key=lambda a: a.shape[::-1])
+    with torch.inference_mode():
+        for k in range(0, len(items), batch):
+            chunk = items[k : k + batch]
+            x, m = pad_points(chunk) if rec.input_kind == "strokes" else pad_images(chunk)
+            recognize_batch(rec.model, x, m, beam=1)
+    return round(len(inks) / (time.perf_counter() - t0), 1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="a .safetensors release (default: the shipped image model)")
+    p.add_argument("--limit", type=int, default=200, help="test expressions (the first N)")
+    p.add_argument("--beams", default="1,10", help="beam widths, comma-separated (1 = greedy)")
+    p.add_argument("--batch", type=int, default=16, help="batch size for throughput (0 = skip)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    rec = Recognizer.load(args.model)
+    samples = load_cached("2014").samples[: args.limit]
+    inks = [Ink(s.traces, source=s.id) for s in samples]
+    report = {"model": rec.name, "expressions": len(inks), "threads": args.threads}
+    for beam in (int(b) for b in args.beams.split(",")):
+        times = latency(rec, inks, beam)
+        report[f"beam{beam}_ms_p50"], report[f"beam{beam}_ms_p90"] = percentiles(times)
+        if beam == 1:
+            report["greedy_one_at_a_time_expr_per_s"] = round(len(times) / sum(times), 1)
+    if args.batch:
+        report[f"greedy_batch{args.batch}_expr_per_s"] = batch_throughput(rec, inks, args.batch)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for k, v in report.items():
+            print(f"{k:>32}  {v}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

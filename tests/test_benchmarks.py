@@ -1,0 +1,49 @@
+"""The latency benchmark runs end to end on real test expressions, for both input kinds."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from hmer.data.dataset import default_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_CROHME = (default_data_dir() / "TrainINKML.tar.gz").exists()
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not HAVE_CROHME, reason="CROHME data not available")
+@pytest.mark.parametrize("kind", ["image", "strokes"])
+def test_latency_benchmark_reports_percentiles_and_throughput(tmp_path, capsys, vocab, kind):
+    from hmer.models import create_model
+    from hmer.weights import save_release
+
+    args = ["--limit", "3", "--beams", "1,2", "--batch", "2", "--threads", "1"]
+    if kind == "strokes":  # a tiny untrained stroke model: the path, not the accuracy
+        cfg = {
+            "conv_channels": [8],
+            "conv_strides": [2],
+            "context_layers": 1,
+            "d_model": 16,
+            "nhead": 2,
+            "num_layers": 1,
+            "ffn": 32,
+            "max_len": 12,
+        }
+        model = create_model("strokes", len(vocab), **cfg)
+        path = save_release(model, {"name": "strokes", **cfg}, vocab, tmp_path / "s.safetensors")
+        args += ["--model", str(path)]
+    report = load_benchmark("latency").main(args)
+    assert report["expressions"] == 3
+    for key in ("beam1_ms_p50", "beam1_ms_p90", "beam2_ms_p50", "greedy_batch2_expr_per_s"):
+        assert report[key] > 0
+    assert report["beam1_ms_p50"] <= report["beam1_ms_p90"]
+    assert "beam2_ms_p90" in capsys.readouterr().out
