@@ -24,7 +24,7 @@ from hmer.data.batching import pad_images
 from hmer.data.dataset import load_cached
 from hmer.data.inkml import Ink
 from hmer.data.render import render_natural
-from hmer.data.strokes import ink_features
+from hmer.data.strokes import ink_features, pad_points
 from hmer.decoding import recognize_batch
 from hmer.recognize import Recognizer
 
@@ -44,16 +44,6 @@ def latency(rec: Recognizer, inks: list[Ink], beam: int, warmup: int = 5) -> lis
         rec.recognize_ink(ink, beam=beam)
         times.append(time.perf_counter() - t0)
     return times
-
-
-def pad_points(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(s) for s in seqs)
-    x = torch.zeros(len(seqs), n, seqs[0].shape[1])
-    mask = torch.ones(len(seqs), n, dtype=torch.bool)
-    for j, s in enumerate(seqs):
-        x[j, : len(s)] = torch.from_numpy(s.astype(np.float32))
-        mask[j, : len(s)] = False
-    return x, mask
 
 
 def batch_throughput(rec: Recognizer, inks: list[Ink], batch: int) -> float:

@@ -77,6 +77,20 @@ def ink_features(
     return feats
 
 
+def pad_points(
+    features: list[np.ndarray], length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack point features into a zero-padded (B, length, F) batch and its (B, length) padding
+    mask (True = padding); ``length`` defaults to the longest sequence."""
+    length = length or max(len(f) for f in features)
+    inputs = np.zeros((len(features), length, N_FEATURES), np.float32)
+    masks = np.ones((len(features), length), bool)
+    for j, f in enumerate(features):
+        inputs[j, : len(f)] = f
+        masks[j, : len(f)] = False
+    return torch.from_numpy(inputs), torch.from_numpy(masks)
+
+
 @dataclass
 class StrokeSpec:
     """Length buckets and batch sizes for point sequences."""
@@ -148,15 +162,10 @@ class StrokeBatches(BucketedEpoch):
 
     def __getitem__(self, k: int) -> dict:
         length, items = self.batches[k]
-        inputs = np.zeros((len(items), length, N_FEATURES), np.float32)
-        masks = np.ones((len(items), length), bool)  # True = padding
-        for j, i in enumerate(items):
-            f = self.features(i)
-            inputs[j, : len(f)] = f
-            masks[j, : len(f)] = False
+        inputs, masks = pad_points([self.features(i) for i in items], length)
         return {
-            "inputs": torch.from_numpy(inputs),
-            "masks": torch.from_numpy(masks),
+            "inputs": inputs,
+            "masks": masks,
             "tokens": [self.vocab.encode(self.samples[i].tokens) for i in items],
             "ids": [self.samples[i].id for i in items],
         }
