@@ -254,19 +254,37 @@ def test_score(tmp_path, capsys):
     truth.write_text("a\tx ^ { 2 }\nb\t\\frac { 1 } { 2 }\nc\ty\n", encoding="utf-8")
     # "a" in plain LaTeX with another spelling; "b" wrong by one token; "c" missing.
     pred.write_text("a\tx^2\nb\t\\frac { 1 } { 3 }\nz\tq\n", encoding="utf-8")
-    code, out, err = run(capsys, "score", pred, truth, "--json")
+    code, out, err = run(capsys, "score", pred, truth, "--json", "--normalize", "equivalent")
     assert code == 0 and err == ""
     result = json.loads(out)
     assert result["n"] == 3 and result["exact"] == 1
     assert result["exprate"] == pytest.approx(100 / 3)
     assert result["missing"] == ["c"] and result["extra"] == ["z"]
-    assert result["normalized"] is True
+    assert result["normalization"] == "equivalent"
 
-    code, out, _ = run(capsys, "score", pred, truth, "--no-normalize", "--json")
-    assert json.loads(out)["exact"] == 0  # "x^2" differs from "x ^ { 2 }" token by token
+    code, out, _ = run(capsys, "score", pred, truth, "--json")  # default: exact tokens
+    result = json.loads(out)
+    assert result["normalization"] == "none"
+    assert result["exact"] == 0  # "x^2" differs from "x ^ { 2 }" token by token
 
-    code, out, _ = run(capsys, "score", pred, truth)
+    code, out, _ = run(capsys, "score", pred, truth, "--normalize", "equivalent")
     assert code == 0 and "ExpRate" in out and "33.33" in out and "missing: c" in out
+    assert "normalization          equivalent" in out
+
+
+def test_score_matches_official_bitmap_ids(tmp_path, capsys):
+    # The official offline bitmaps are ID_0.bmp: "18_em_0_0" is expression "18_em_0".
+    truth = tmp_path / "caption.txt"
+    truth.write_text("18_em_0\tx\n18_em_1\ty\nk_0\tz\nk\tw\n", encoding="utf-8")
+    pred = tmp_path / "pred.tsv"
+    # "k_0" is a truth id itself: never renamed; "18_em_1" and "18_em_1_0" would collide.
+    pred.write_text("18_em_0_0\tx\n18_em_1\ty\n18_em_1_0\tq\nk_0\tz\n", encoding="utf-8")
+    code, out, _ = run(capsys, "score", pred, truth, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["n_matched_without_0"] == 1
+    assert result["exact"] == 3 and result["missing"] == ["k"] and result["extra"] == ["18_em_1_0"]
+    code, out, _ = run(capsys, "score", pred, truth)
+    assert "matched as ID_0        1" in out
 
 
 def test_score_bad_input(tmp_path, capsys):

@@ -123,3 +123,33 @@ def test_too_large_output_is_shrunk_not_cropped():
     assert max(out.shape) <= 400
     cols = np.flatnonzero(out.max(axis=0) > 0.5)
     assert cols[0] < 20 and cols[-1] > out.shape[1] - 20
+
+
+def test_ink_order_noise_swaps_and_reverses_strokes():
+    traces = [np.array([[0, 0], [1, 0]], np.float32) + 10 * k for k in range(6)]
+    plain = InkAugment(
+        rotate_deg=0, shear=0, aspect=0, stroke_shift=0, stroke_scale=0, point_noise=0
+    )
+    same = plain(traces, np.random.default_rng(0))
+    assert all(np.allclose(p, q) for p, q in zip(same, traces, strict=True))
+    noisy = InkAugment(**{**plain.__dict__, "swap_p": 1.0, "reverse_p": 1.0})
+    out = noisy(traces, np.random.default_rng(0))
+    assert not np.allclose(out[0], traces[0])  # stroke 0 moved one place on
+    assert np.allclose(out[0], traces[1][::-1])  # ...and runs end to start
+    # The same strokes, only in another order and direction: the bitmap would not change.
+    key = sorted(tuple(np.sort(t, axis=0).ravel()) for t in out)
+    assert key == sorted(tuple(np.sort(t, axis=0).ravel()) for t in traces)
+
+
+def test_photometric_training_augmentation_keeps_buckets(samples, vocab):
+    from hmer.data.batching import BucketSpec, EpochBatches
+
+    plain = EpochBatches(samples, vocab, BucketSpec(), 0, 3)
+    photo = EpochBatches(samples, vocab, BucketSpec(), 0, 3, photo_p=1.0)
+    assert [b[0] for b in plain.batches] == [b[0] for b in photo.batches]
+    a, b = plain[0], photo[0]
+    assert a["inputs"].shape == b["inputs"].shape and bool((a["masks"] == b["masks"]).all())
+    assert not np.allclose(a["inputs"].numpy(), b["inputs"].numpy())
+    assert float(b["inputs"].min()) >= 0.0 and float(b["inputs"].max()) <= 1.0
+    again = EpochBatches(samples, vocab, BucketSpec(), 0, 3, photo_p=1.0)[0]
+    assert np.array_equal(again["inputs"].numpy(), b["inputs"].numpy())  # deterministic

@@ -81,3 +81,83 @@ def test_score_counts_missing_and_extra():
     perfect = score(truths, truths)
     assert perfect["exprate"] == 100.0 and perfect["wer"] == 0.0 and perfect["bleu4"] == 100.0
     assert perfect["edit_score"] == 100.0 and perfect["cer"] == 0.0
+
+
+CAPTIONS = [
+    r"x ^ { 2 } + y ^ { 2 } = 1",
+    r"\frac { 1 } { 2 } + \frac { 1 } { q } = 1",
+    r"\sqrt { a + b } \leq \sqrt { a } + \sqrt { b }",
+    r"\sum _ { i = 1 } ^ { n } i = \frac { n ( n + 1 ) } { 2 }",
+    r"\int _ { 0 } ^ { 1 } f ( x ) d x",
+    r"\lim _ { x \rightarrow 0 } \frac { \sin x } { x } = 1",
+    r"a _ { n + 1 } = a _ { n } + d",
+    r"e ^ { i \pi } + 1 = 0",
+    r"\log _ { 2 } 8 = 3",
+    r"( a + b ) ^ { 2 } = a ^ { 2 } + 2 a b + b ^ { 2 }",
+]
+
+
+def _independent_distance(a: tuple, b: tuple) -> int:
+    # Plain recursive Levenshtein, written apart from metrics.edit_distance on purpose.
+    from functools import lru_cache
+
+    @lru_cache(maxsize=None)
+    def d(i: int, j: int) -> int:
+        if i == 0 or j == 0:
+            return i + j
+        return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return d(len(a), len(b))
+
+
+def _perturbed_file() -> tuple[dict, dict]:
+    """A fixed file of predictions: each caption with 0-3 random token edits (often malformed)."""
+    import random
+
+    rng = random.Random(18)
+    pool = ["{", "}", "^", "_", "x", "1", "z", r"\frac", "+", "p"]
+    truths, preds = {}, {}
+    for k in range(200):
+        truth = CAPTIONS[k % len(CAPTIONS)].split()
+        pred = list(truth)
+        for _ in range(rng.choice([0, 0, 1, 1, 2, 3])):
+            i = rng.randrange(len(pred) + 1)
+            op = rng.choice(["del", "ins", "sub"]) if pred else "ins"
+            if op == "del" and i < len(pred):
+                del pred[i]
+            elif op == "sub" and i < len(pred):
+                pred[i] = rng.choice(pool)
+            else:
+                pred.insert(i, rng.choice(pool))
+        truths[f"e{k}"], preds[f"e{k}"] = truth, pred
+    return preds, truths
+
+
+def test_default_scoring_agrees_with_plain_token_edit_scorer():
+    preds, truths = _perturbed_file()
+    dists = [_independent_distance(tuple(preds[k]), tuple(truths[k])) for k in truths]
+    n = len(dists)
+    result = score(preds, truths)
+    assert result["normalization"] == "none"
+    assert result["exprate"] == pytest.approx(100 * sum(d == 0 for d in dists) / n)
+    assert result["le1"] == pytest.approx(100 * sum(d <= 1 for d in dists) / n)
+    assert result["le2"] == pytest.approx(100 * sum(d <= 2 for d in dists) / n)
+    assert result["wer"] == pytest.approx(100 * sum(dists) / sum(len(t) for t in truths.values()))
+    # The file is a real test of the convention: "full" normalization scores it differently.
+    assert 0 < result["exprate"] < result["le2"] < 100
+    assert score(preds, truths, normalize="full")["le2"] != result["le2"]
+
+
+def test_equivalent_normalization_leaves_malformed_sequences_alone():
+    from hmer.data.latex import normalize_well_formed
+
+    malformed = _t(r"x z 1 } { p } + \frac { 1 } { q } = 1")
+    assert normalize_well_formed(malformed) == malformed
+    assert normalize_well_formed(_t(r"a \le b")) == _t(r"a \leq b")
+    assert normalize_well_formed(_t("x ^ { 2 } _ { i }")) == _t("x _ { i } ^ { 2 }")
+    truths = {"a": _t(r"a \leq b"), "b": _t("x + 1")}
+    preds = {"a": _t(r"a \le b"), "b": _t("x } + 1")}
+    assert score(preds, truths, normalize="equivalent")["exact"] == 1
+    assert score(preds, truths)["exact"] == 0
+    with pytest.raises(ValueError, match="unknown normalization"):
+        score(preds, truths, normalize="loose")

@@ -20,9 +20,14 @@ class InkAugment:
     stroke_shift: float = 0.04  # per-stroke offset, as a fraction of the symbol size
     stroke_scale: float = 0.06  # per-stroke scale jitter around its own centre
     point_noise: float = 0.01  # per-point noise, as a fraction of the symbol size
+    # Writing-order noise, for models that read the trajectory (a bitmap does not show either):
+    swap_p: float = 0.0  # chance that each pair of neighbouring strokes is written the other way
+    reverse_p: float = 0.0  # chance that a stroke is drawn end to start
 
     def __call__(self, traces: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
         size = ink_symbol_size(traces)
+        if self.swap_p > 0 or self.reverse_p > 0:
+            traces = self._reorder(traces, rng)
         a = np.deg2rad(rng.uniform(-self.rotate_deg, self.rotate_deg))
         sh = rng.uniform(-self.shear, self.shear)
         ar = np.exp(rng.uniform(-self.aspect, self.aspect))
@@ -38,6 +43,14 @@ class InkAugment:
                 p = p + rng.normal(0, self.point_noise * size, p.shape).astype(np.float32)
             out.append(p @ mat.T)
         return out
+
+    def _reorder(self, traces: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+        traces = list(traces)
+        for i in range(len(traces) - 1):
+            if rng.random() < self.swap_p:
+                traces[i], traces[i + 1] = traces[i + 1], traces[i]
+        flip = rng.random(len(traces)) < self.reverse_p
+        return [t[::-1] if f else t for t, f in zip(traces, flip, strict=True)]
 
 
 def resample_trace(trace: np.ndarray, step: float) -> np.ndarray:
@@ -97,13 +110,15 @@ class ImageAugment:
     blur_sigma: tuple[float, float] = (0.3, 1.1)
     noise: float = 0.04  # std of additive Gaussian noise, drawn in [0, noise]
     max_side: int = 2048
+    geometry: bool = True  # False keeps the image size (photometric changes only)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = np.asarray(image, dtype=np.float32) / 255.0
         if x.ndim != 2 or x.size == 0:
             raise ValueError("ImageAugment expects a non-empty 2-D grayscale image")
         x = self._stroke(x, rng)
-        x = self._geometry(x, rng)
+        if self.geometry:
+            x = self._geometry(x, rng)
         if rng.random() < self.blur_p:
             x = ndimage.gaussian_filter(x, float(rng.uniform(*self.blur_sigma)))
         ink = 1.0 - rng.uniform(0.0, self.brightness)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hmer.data.augment import InkAugment
+from hmer.data.augment import ImageAugment, InkAugment
 from hmer.data.dataset import Sample
 from hmer.data.render import SYMBOL_PX, RenderStyle, _draw, ink_symbol_size, place_traces
 from hmer.data.vocab import Vocab
@@ -144,7 +144,12 @@ class BucketedEpoch(torch.utils.data.Dataset):
 
 
 class EpochBatches(BucketedEpoch):
-    """One epoch of rendered, augmented image batches padded to bucket shapes."""
+    """One epoch of rendered, augmented image batches padded to bucket shapes.
+
+    With ``photo_p`` > 0 that share of the renders also gets photometric changes (thicker or
+    thinner strokes, blur, faint ink, lifted background, noise) so that bitmaps drawn by other
+    tools or photographed look like something seen in training.
+    """
 
     def __init__(
         self,
@@ -159,11 +164,14 @@ class EpochBatches(BucketedEpoch):
         shuffle: bool = True,
         rank: int = 0,
         world: int = 1,
+        photo_p: float = 0.0,
     ):
         self.samples, self.vocab, self.spec = samples, vocab, spec
         self.augment = augment
         self.ink_aug = ink_aug or InkAugment()
         self.render_aug = render_aug or RenderAugment()
+        self.photo_p = photo_p
+        self.photo_aug = ImageAugment(geometry=False)
         self.seed, self.epoch = seed, epoch
         self.batches = self._plan(shuffle, rank, world)
 
@@ -184,9 +192,14 @@ class EpochBatches(BucketedEpoch):
         images = np.zeros((len(items), 1, h, w), np.float32)
         masks = np.ones((len(items), h, w), bool)  # True = padding
         for j, i in enumerate(items):
-            img = draw_plan(self._render_plan(i))
+            img = draw_plan(self._render_plan(i)).astype(np.float32) / 255.0
+            if self.augment and self.photo_p > 0:
+                # A stream of its own: the render plan (and so the buckets) stays as it was.
+                rng = np.random.default_rng([self.seed, self.epoch, i, 1])
+                if rng.random() < self.photo_p:
+                    img = self.photo_aug(np.round(img * 255).astype(np.uint8), rng)
             ih, iw = img.shape
-            images[j, 0, :ih, :iw] = img / 255.0
+            images[j, 0, :ih, :iw] = img
             masks[j, :ih, :iw] = False
         tokens = [self.vocab.encode(self.samples[i].tokens) for i in items]
         return {

@@ -397,6 +397,20 @@ def normalize_prediction(tokens: Sequence[str], canonical: bool = True) -> list[
         return _words(mapped)
 
 
+def normalize_well_formed(tokens: Sequence[str], canonical: bool = True) -> list[str]:
+    """Like :func:`normalize_prediction` for well-formed sequences; others come back as written.
+
+    Malformed means what LaTeX itself rejects (unbalanced braces, a script or ``\\frac`` without
+    its argument); ``x^2`` is well-formed and becomes ``x ^ { 2 }``. This is the ``equivalent``
+    scoring convention: the edit distance of a malformed prediction is never changed.
+    """
+    tokens = [str(t) for t in tokens]
+    try:
+        return _structure(_prepare(tokens), strict=True, style=_Style(canonical))
+    except _Unbalanced:
+        return tokens
+
+
 class _Invalid(ValueError):
     pass
 

@@ -1,14 +1,22 @@
-"""Recognition metrics as the field reports them (on whitespace-tokenized, normalized LaTeX).
+"""Recognition metrics as the field reports them, on whitespace-tokenized LaTeX.
 
 ExpRate and the within-1/2 rates are the CROHME measures; WER, CER, BLEU-4 and the edit score are
 what image-to-LaTeX projects report. Rates are in percent.
+
+The field's convention (WAP, BTTR, CoMER) compares the raw space-separated tokens with the caption
+files: that is ``normalize="none"``, the default of :func:`score`. ``"equivalent"`` also maps
+equivalent spellings of well-formed LaTeX (``\\le`` and ``\\leq``, script order) and leaves
+malformed sequences as written; ``"full"`` applies the token-level rewriting to malformed sequences
+too, which can change their edit distances (hmer's scoring before 0.2).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+NORMALIZATIONS = ("none", "equivalent", "full")
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -96,22 +104,56 @@ def bleu(preds: list[list[str]], truths: list[list[str]], max_n: int = 4) -> flo
     return 100.0 * brevity * math.exp(log_precision)
 
 
+def normalizer(how: str) -> Callable[[Sequence[str]], list[str]]:
+    """The token mapping applied to both sides before scoring (see the module docstring)."""
+    from hmer.data.latex import normalize_prediction, normalize_well_formed
+
+    funcs = {"none": list, "equivalent": normalize_well_formed, "full": normalize_prediction}
+    if how not in funcs:
+        raise ValueError(f"unknown normalization {how!r}; expected one of {NORMALIZATIONS}")
+    return funcs[how]
+
+
+def match_ids(preds: Mapping[str, Sequence[str]], truths: Mapping) -> tuple[dict, int]:
+    """Key predictions by truth id, dropping one trailing ``_0`` where only that makes them match.
+
+    The official CROHME offline bitmaps are named ``ID_0.bmp``. A prediction id is renamed only
+    when it is not a truth id itself, its stem is, and no other prediction has the stem already.
+    Returns the predictions and how many were renamed.
+    """
+    out = dict(preds)
+    renamed = 0
+    for key in preds:
+        stem = key[:-2]
+        if key.endswith("_0") and key not in truths and stem in truths and stem not in out:
+            out[stem] = out.pop(key)
+            renamed += 1
+    return out, renamed
+
+
 def score(
-    preds: Mapping[str, Sequence[str]], truths: Mapping[str, Sequence[str]]
-) -> dict[str, float | int | list[str]]:
+    preds: Mapping[str, Sequence[str]],
+    truths: Mapping[str, Sequence[str]],
+    normalize: str = "none",
+) -> dict[str, float | int | str | list[str]]:
     """All metrics of ``preds`` against ``truths`` (both id -> tokens), over the truth ids.
 
-    A truth without prediction counts as an empty prediction (wrong) and is listed in ``missing``;
-    predictions without truth are ignored and listed in ``extra``.
+    Both sides go through ``normalize`` (one of :data:`NORMALIZATIONS`) first. Prediction ids are
+    matched to truth ids by :func:`match_ids`. A truth without prediction counts as an empty
+    prediction (wrong) and is listed in ``missing``; predictions without truth are ignored and
+    listed in ``extra``.
     """
+    norm = normalizer(normalize)
+    preds, renamed = match_ids(preds, truths)
     ids = list(truths)
     missing = [k for k in ids if k not in preds]
     extra = [k for k in preds if k not in truths]
-    p = [list(preds.get(k, [])) for k in ids]
-    t = [list(truths[k]) for k in ids]
+    p = [norm(preds.get(k, [])) for k in ids]
+    t = [norm(truths[k]) for k in ids]
     rates = exprate(p, t)
     return {
         "n": len(ids),
+        "normalization": normalize,
         "exact": sum(a == b for a, b in zip(p, t, strict=True)),
         **rates,
         "wer": wer(p, t),
@@ -120,6 +162,7 @@ def score(
         "edit_score": edit_score(p, t),
         "n_missing": len(missing),
         "n_extra": len(extra),
+        "n_matched_without_0": renamed,
         "missing": missing,
         "extra": extra,
     }

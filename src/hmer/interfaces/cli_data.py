@@ -30,6 +30,7 @@ from hmer.data.dataset import (
     load_cached,
     prepare_split,
 )
+from hmer.evaluation.metrics import NORMALIZATIONS
 
 EXIT_FAILED = 1
 
@@ -155,13 +156,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
         help="score predictions against truths (ExpRate, WER, CER, BLEU-4...)",
-        description="Both files hold ID<TAB>LaTeX lines (space-tokenized or plain LaTeX). Both "
-        "sides are normalized alike (equivalent spellings only) before comparison.",
+        description="Both files hold ID<TAB>LaTeX lines (space-tokenized or plain LaTeX). By "
+        "default tokens are compared exactly as written, the convention of the published "
+        "systems; a prediction id ID_0 (official offline bitmaps) is matched to truth ID.",
     )
     p.add_argument("pred", type=Path, metavar="PRED.tsv")
     p.add_argument("truth", type=Path, metavar="TRUTH.tsv")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--no-normalize", action="store_true", help="compare tokens exactly as written")
+    p.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        default="none",
+        help="none: exact tokens (default, the field's convention); equivalent: also map "
+        "equivalent spellings of well-formed LaTeX; full: rewrite malformed sequences too",
+    )
     p.set_defaults(func=_guarded(cmd_score))
 
 
@@ -536,6 +544,7 @@ def format_scores(result: dict) -> str:
     """The text table of ``hmer score``."""
     n = result["n"]
     lines = [
+        f"{'normalization':<22s} {result['normalization']}",
         f"{'expressions':<22s} {n}",
         f"{'exact matches':<22s} {result['exact']}",
         f"{'ExpRate %':<22s} {result['exprate']:.2f}",
@@ -548,6 +557,8 @@ def format_scores(result: dict) -> str:
         f"{'missing predictions':<22s} {result['n_missing']}",
         f"{'predictions w/o truth':<22s} {result['n_extra']}",
     ]
+    if result["n_matched_without_0"]:
+        lines.append(f"{'matched as ID_0':<22s} {result['n_matched_without_0']}")
     if result["missing"]:
         shown = ", ".join(result["missing"][:10])
         more = f" (+{len(result['missing']) - 10} more)" if len(result["missing"]) > 10 else ""
@@ -556,7 +567,6 @@ def format_scores(result: dict) -> str:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from hmer.data.latex import normalize_prediction
     from hmer.evaluation.metrics import score
 
     preds, errors = read_tsv(args.pred)
@@ -566,12 +576,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         _err(msg)
     if not truths:
         return EXIT_FAILED
-    if not args.no_normalize:
-        preds = {k: normalize_prediction(v) for k, v in preds.items()}
-        truths = {k: normalize_prediction(v) for k, v in truths.items()}
-    result = score(preds, truths)
+    result = score(preds, truths, normalize=args.normalize)
     if args.json:
-        print(json.dumps({**result, "normalized": not args.no_normalize}, indent=1))
+        print(json.dumps(result, indent=1))
     else:
         print(format_scores(result))
     return EXIT_FAILED if errors else 0

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from hmer.evaluation.metrics import NORMALIZATIONS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the model sub-commands to the ``hmer`` parser."""
@@ -46,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--limit", type=int, help="only the first N expressions")
     p.add_argument("--out", help="write per-expression predictions (ID<TAB>prediction<TAB>truth)")
+    p.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        default="none",
+        help="scoring convention, as in hmer score (default: exact tokens)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -180,7 +188,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from hmer.data.dataset import load_cached
     from hmer.data.inkml import Ink
-    from hmer.data.latex import normalize_prediction
     from hmer.evaluation.metrics import score
     from hmer.recognize import Recognizer
 
@@ -192,10 +199,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()  # rendering included, as a user of recognize waits for it
         result = rec.recognize_ink(Ink(s.traces, source=s.id), beam=args.beam)
         times.append(time.perf_counter() - t0)
-        preds[s.id] = normalize_prediction(result.tokens)
-        truths[s.id] = normalize_prediction(s.tokens)
+        preds[s.id] = result.tokens
+        truths[s.id] = s.tokens
         rows.append(f"{s.id}\t{' '.join(result.tokens)}\t{' '.join(s.tokens)}")
-    metrics = score(preds, truths)
+    metrics = score(preds, truths, normalize=args.normalize)
     metrics["model"], metrics["split"], metrics["beam"] = name, args.split, args.beam
     metrics["latency_ms_p50"] = round(1000 * float(np.percentile(times, 50)), 1)
     if args.out:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from hmer.data.augment import InkAugment
 from hmer.data.batching import BucketSpec, EpochBatches
 from hmer.data.dataset import Sample, default_data_dir, load_cached
 from hmer.data.strokes import StrokeBatches
@@ -259,6 +260,13 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
     bf16 = use_bf16(tc.get("bf16", "auto"))
     make_batches = batches_for(model)
+    aug_kwargs: dict = {
+        "ink_aug": InkAugment(
+            swap_p=dc.get("ink_swap_p", 0.0), reverse_p=dc.get("ink_reverse_p", 0.0)
+        )
+    }
+    if make_batches is EpochBatches:
+        aug_kwargs["photo_p"] = dc.get("photo_p", 0.0)
     seed = tc.get("seed", 0)
     steps_per_epoch = len(make_batches(train_set, vocab, spec, 0, seed, rank=rank, world=world))
     total_steps = tc["epochs"] * steps_per_epoch
@@ -318,6 +326,7 @@ def train(
             augment=dc.get("augment", True),
             rank=rank,
             world=world,
+            **aug_kwargs,
         )
         order = list(range(state["batch"], len(data)))
         loader = torch.utils.data.DataLoader(
