@@ -99,9 +99,9 @@ CAPTIONS = [
 
 def _independent_distance(a: tuple, b: tuple) -> int:
     # Plain recursive Levenshtein, written apart from metrics.edit_distance on purpose.
-    from functools import lru_cache
+    from functools import cache
 
-    @lru_cache(maxsize=None)
+    @cache
     def d(i: int, j: int) -> int:
         if i == 0 or j == 0:
             return i + j
