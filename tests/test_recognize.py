@@ -52,3 +52,20 @@ def test_duplicates_after_repair_are_merged(monkeypatch):
     assert [a.tokens for a in rec.recognize_image(image(), beam=3).alternatives] == [
         ["x", "+", "2"]
     ]
+
+
+def test_deadline_stops_decoding():
+    import time
+
+    from serve_helpers import tiny_image_recognizer
+
+    from hmer.decoding import DecodingTimeout
+
+    rec = tiny_image_recognizer()
+    with pytest.raises(DecodingTimeout):
+        rec.recognize_image(image(), beam=3, deadline=time.monotonic() - 1)
+    rec.timeout_s = 0.0
+    with pytest.raises(DecodingTimeout):
+        rec.recognize_image(image(), beam=1)
+    rec.timeout_s = None
+    assert isinstance(rec.recognize_image(image(), beam=1).latex, str)

@@ -20,7 +20,7 @@ from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
 from hmer.data.latex import detokenize, is_valid, repair
 from hmer.data.render import render_natural
 from hmer.data.vocab import Vocab
-from hmer.decoding import recognize_batch
+from hmer.decoding import check_deadline, recognize_batch
 from hmer.weights import default_weights, load_model
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -51,13 +51,26 @@ class Result:
 
 
 class Recognizer:
-    """A loaded model with its vocabulary, ready to read inputs of its kind."""
+    """A loaded model with its vocabulary, ready to read inputs of its kind.
 
-    def __init__(self, model: torch.nn.Module, vocab: Vocab, name: str = "model", beam: int = 10):
+    Every ``recognize_*`` call takes an optional ``deadline`` (a ``time.monotonic()`` value);
+    ``timeout_s`` caps each call's decoding as well. Past either, the call raises
+    :class:`hmer.decoding.DecodingTimeout`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        vocab: Vocab,
+        name: str = "model",
+        beam: int = 10,
+        timeout_s: float | None = None,
+    ):
         self.model = model.eval()
         self.vocab = vocab
         self.name = name
         self.beam = beam
+        self.timeout_s = timeout_s
         self.input_kind = getattr(model, "input_kind", "image")
         # bf16 kernels are not faster for single-expression decoding; keep fp32 at inference.
         self._lock = threading.Lock()
@@ -72,38 +85,54 @@ class Recognizer:
         return cls(net, vocab, path.stem, beam)
 
     # -- inputs ------------------------------------------------------------------------------
-    def recognize_image(self, data, source: str = "<image>", beam: int | None = None) -> Result:
+    def recognize_image(
+        self,
+        data,
+        source: str = "<image>",
+        beam: int | None = None,
+        deadline: float | None = None,
+    ) -> Result:
         """Recognize a bitmap (bytes, path, array or PIL image); needs an image model."""
         self._need("image", source)
-        return self._run(prepare_image(data, source), source, beam)
+        return self._run(prepare_image(data, source), source, beam, deadline)
 
-    def recognize_ink(self, ink: Ink, beam: int | None = None) -> Result:
+    def recognize_ink(
+        self, ink: Ink, beam: int | None = None, deadline: float | None = None
+    ) -> Result:
         """Recognize pen ink: rendered for an image model, as a trajectory for a stroke model."""
         if self.input_kind == "strokes":
             from hmer.data.strokes import ink_features
 
-            return self._run(ink_features(ink.traces), ink.source, beam)
-        return self._run(render_natural(ink.traces), ink.source, beam)
+            return self._run(ink_features(ink.traces), ink.source, beam, deadline)
+        return self._run(render_natural(ink.traces), ink.source, beam, deadline)
 
-    def recognize_strokes(self, strokes: list, beam: int | None = None) -> Result:
+    def recognize_strokes(
+        self, strokes: list, beam: int | None = None, deadline: float | None = None
+    ) -> Result:
         """Recognize strokes given as lists of [x, y] or [x, y, t] points."""
-        return self.recognize_ink(strokes_to_ink(strokes), beam)
+        return self.recognize_ink(strokes_to_ink(strokes), beam, deadline)
 
-    def recognize_file(self, path: str | Path, beam: int | None = None) -> Result:
+    def recognize_file(
+        self, path: str | Path, beam: int | None = None, deadline: float | None = None
+    ) -> Result:
         """Recognize an image file or an ``.inkml`` file."""
         path = Path(path)
         if path.suffix.lower() in INK_SUFFIXES:
-            return self.recognize_ink(read_inkml(path), beam)
-        return self.recognize_image(path, str(path), beam)
+            return self.recognize_ink(read_inkml(path), beam, deadline)
+        return self.recognize_image(path, str(path), beam, deadline)
 
     # -- core --------------------------------------------------------------------------------
     def _need(self, kind: str, source: str) -> None:
         if self.input_kind != kind:
             raise ValueError(f"{source}: model {self.name} reads {self.input_kind}, not {kind}")
 
-    def _run(self, x: np.ndarray, source: str, beam: int | None) -> Result:
+    def _run(self, x: np.ndarray, source: str, beam: int | None, deadline: float | None) -> Result:
         t0 = time.perf_counter()
         beam = self.beam if beam is None else beam
+        if self.timeout_s is not None:
+            own = time.monotonic() + self.timeout_s
+            deadline = own if deadline is None else min(deadline, own)
+        check_deadline(deadline)
         if self.input_kind == "image":
             inputs = torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]
             masks = torch.zeros(1, *x.shape, dtype=torch.bool)
@@ -111,7 +140,7 @@ class Recognizer:
             inputs = torch.from_numpy(x.astype(np.float32))[None]
             masks = torch.zeros(1, x.shape[0], dtype=torch.bool)
         with self._lock, torch.inference_mode():
-            hyps = recognize_batch(self.model, inputs, masks, beam=beam)[0]
+            hyps = recognize_batch(self.model, inputs, masks, beam=beam, deadline=deadline)[0]
         valid, repaired, seen = [], [], set()
         for h in hyps:
             tokens = self.vocab.decode(h.ids)

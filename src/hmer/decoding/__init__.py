@@ -5,12 +5,21 @@ from __future__ import annotations
 import torch
 
 from hmer.decoding.ctc import ctc_beam_batch, ctc_greedy, ctc_prefix_beam_search
-from hmer.decoding.search import Hypothesis, beam_search, bidirectional_beam_search, greedy
+from hmer.decoding.search import (
+    DecodingTimeout,
+    Hypothesis,
+    beam_search,
+    bidirectional_beam_search,
+    check_deadline,
+    greedy,
+)
 
 __all__ = [
+    "DecodingTimeout",
     "Hypothesis",
     "beam_search",
     "bidirectional_beam_search",
+    "check_deadline",
     "ctc_greedy",
     "ctc_prefix_beam_search",
     "greedy",
@@ -20,14 +29,20 @@ __all__ = [
 
 @torch.no_grad()
 def recognize_batch(
-    model, inputs: torch.Tensor, masks: torch.Tensor, beam: int = 10, max_len: int = 200
+    model,
+    inputs: torch.Tensor,
+    masks: torch.Tensor,
+    beam: int = 10,
+    max_len: int = 200,
+    deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode a batch with the search that fits the model; n-best hypotheses per input, best first.
 
     ``beam <= 1`` gives greedy decoding (one hypothesis each). Otherwise CTC models get prefix
     beam search, bidirectional seq2seq models beam search in both directions with rescoring, and
     others (``model.bidirectional == False``) left-to-right beam search. The caller chooses
-    ``model.eval()`` and any autocast.
+    ``model.eval()`` and any autocast. Past ``deadline`` (a ``time.monotonic()`` value) decoding
+    stops with :class:`DecodingTimeout`.
     """
     if model.kind == "ctc":
         log_probs, lengths = model.ctc_log_probs(inputs, masks)
@@ -37,16 +52,17 @@ def recognize_batch(
         return ctc_beam_batch(log_probs, lengths, beam, blank)
     if model.kind != "seq2seq":
         raise ValueError(f"unknown model kind {model.kind!r}")
+    check_deadline(deadline)
     mem = model.encode(inputs, masks)
     n = inputs.shape[0]
     if beam <= 1:
-        return [[h] for h in greedy(model, mem, n, "l2r", max_len)]
+        return [[h] for h in greedy(model, mem, n, "l2r", max_len, deadline)]
     both = getattr(model, "bidirectional", True)
     out = []
     for i in range(n):
         one = model.select(mem, torch.tensor([i], device=inputs.device))
         if both:
-            out.append(bidirectional_beam_search(model, one, beam, max_len))
+            out.append(bidirectional_beam_search(model, one, beam, max_len, deadline=deadline))
         else:
-            out.append(beam_search(model, one, beam, "l2r", max_len))
+            out.append(beam_search(model, one, beam, "l2r", max_len, deadline=deadline))
     return out

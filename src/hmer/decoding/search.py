@@ -6,11 +6,22 @@ A model exposes ``encode(images, masks) -> mem``, ``select(mem, index) -> mem``,
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
 from hmer.models.transformer import PAD
+
+
+class DecodingTimeout(TimeoutError):
+    """Decoding ran past its deadline (a ``time.monotonic()`` value) and was stopped."""
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raise :class:`DecodingTimeout` once ``time.monotonic()`` has passed ``deadline``."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DecodingTimeout("decoding took longer than its time budget")
 
 
 @dataclass
@@ -54,9 +65,14 @@ class _Stepper:
 
 @torch.no_grad()
 def greedy(
-    model, mem: dict, batch: int, direction: str = "l2r", max_len: int = 200
+    model,
+    mem: dict,
+    batch: int,
+    direction: str = "l2r",
+    max_len: int = 200,
+    deadline: float | None = None,
 ) -> list[Hypothesis]:
-    """Greedy decoding of ``batch`` inputs sharing one encoded ``mem``."""
+    """Greedy decoding of ``batch`` inputs sharing one encoded ``mem``, stopped at ``deadline``."""
     start, end = model.start_tokens(direction)
     dev = mem["memory"].device
     prefix = torch.full((batch, 1), start, dtype=torch.long, device=dev)
@@ -64,6 +80,7 @@ def greedy(
     done = torch.zeros(batch, dtype=torch.bool, device=dev)
     step = _Stepper(model, mem)
     for _ in range(max_len):
+        check_deadline(deadline)
         lp = step(prefix)
         lp[:, PAD] = float("-inf")  # never emitted by a trained model; keep untrained ones sane
         lp[:, start] = float("-inf")
@@ -91,10 +108,12 @@ def beam_search(
     direction: str = "l2r",
     max_len: int = 200,
     length_penalty: float = 1.0,
+    deadline: float | None = None,
 ) -> list[Hypothesis]:
     """Beam search for ONE input (``mem`` of batch 1); returns finished hypotheses, best first.
 
-    Scores are log-probabilities divided by (length + 1) ** ``length_penalty``.
+    Scores are log-probabilities divided by (length + 1) ** ``length_penalty``. Past
+    ``deadline`` (``time.monotonic()``) it raises :class:`DecodingTimeout`.
     """
     start, end = model.start_tokens(direction)
     dev = mem["memory"].device
@@ -103,6 +122,7 @@ def beam_search(
     finished: list[Hypothesis] = []
     step = _Stepper(model, mem)
     for t in range(max_len):
+        check_deadline(deadline)
         lp = step(prefixes)
         lp[:, start] = float("-inf")
         lp[:, PAD] = float("-inf")
@@ -163,7 +183,12 @@ def sequence_logprob(model, mem: dict, hyps: list[list[int]], direction: str) ->
 
 @torch.no_grad()
 def bidirectional_beam_search(
-    model, mem: dict, beam: int = 10, max_len: int = 200, length_penalty: float = 1.0
+    model,
+    mem: dict,
+    beam: int = 10,
+    max_len: int = 200,
+    length_penalty: float = 1.0,
+    deadline: float | None = None,
 ) -> list[Hypothesis]:
     """Beam search in both directions, each hypothesis rescored by the opposite direction.
 
@@ -171,7 +196,7 @@ def bidirectional_beam_search(
     """
     pool: dict[tuple[int, ...], Hypothesis] = {}
     for direction in ("l2r", "r2l"):
-        for h in beam_search(model, mem, beam, direction, max_len, length_penalty):
+        for h in beam_search(model, mem, beam, direction, max_len, length_penalty, deadline):
             pool.setdefault(tuple(h.ids), h)
     ids = [list(k) for k in pool]
     l2r = sequence_logprob(model, mem, ids, "l2r")
