@@ -102,3 +102,21 @@ def live_server(app, timeout: float = 20.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+TINY_IMAGE_CFG = {
+    "name": "transformer",
+    "encoder_cfg": {"growth": 4, "depth": 2},
+    "d_model": 32,
+    "nhead": 2,
+    "num_layers": 1,
+    "ffn": 64,
+}
+
+
+def tiny_image_release(path) -> str:
+    """Save the tiny image model as a release file (for ``--model`` on the command line)."""
+    from hmer.weights import save_release
+
+    rec = tiny_image_recognizer()
+    return str(save_release(rec.model, TINY_IMAGE_CFG, rec.vocab, path, fp16=False))

@@ -124,6 +124,27 @@ def test_recognize_raw_image_body(client):
     check_result(resp.json())
 
 
+def test_compact_latex_by_default_token_form_on_request(client):
+    from hmer.data.latex import detokenize
+
+    body = client.post("/v1/recognize", json={"strokes": STROKES, "beam": 2}).json()
+    assert len(body["tokens"]) > 1  # the styles differ in the spaces between tokens
+    assert body["latex"] == detokenize(body["tokens"], compact=True) != " ".join(body["tokens"])
+    tokens = " ".join(body["tokens"])
+    asked = [
+        client.post("/v1/recognize?style=tokens", json={"strokes": STROKES, "beam": 2}),
+        client.post("/v1/recognize", json={"strokes": STROKES, "beam": 2, "style": "tokens"}),
+    ]
+    for resp in asked:
+        assert resp.json()["latex"] == tokens and resp.json()["tokens"] == body["tokens"]
+        check_result(resp.json())
+    files = {"file": ("expr.png", png_bytes(), "image/png")}
+    image = client.post("/v1/recognize", files=files, data={"beam": "1", "style": "tokens"})
+    assert image.json()["latex"] == " ".join(image.json()["tokens"])
+    resp = client.post("/v1/recognize?style=mathml", json={"strokes": STROKES})
+    assert "style" in error_of(resp, 422, "bad_style")
+
+
 def test_strokes_go_to_the_stroke_model_images_to_the_image_model(both):
     resp = both.post("/v1/recognize?beam=1", json={"strokes": STROKES})
     check_result(resp.json(), "tiny-strokes")

@@ -69,3 +69,32 @@ def test_deadline_stops_decoding():
         rec.recognize_image(image(), beam=1)
     rec.timeout_s = None
     assert isinstance(rec.recognize_image(image(), beam=1).latex, str)
+
+
+def test_compact_latex_by_default_token_form_on_request(monkeypatch):
+    rec = fake_decoder(monkeypatch, ["x", "^", "{", "2", "}", "+", "x"], ["x", "^", "{", "2", "}"])
+    r = rec.recognize_image(image(), beam=2)
+    assert r.latex == "x^{2}+x" and r.alternatives[1].latex == "x^{2}"
+    assert r.latex_as("tokens") == "x ^ { 2 } + x"
+    tokens = r.to_dict("tokens")
+    assert tokens["latex"] == "x ^ { 2 } + x"
+    assert [a["latex"] for a in tokens["alternatives"]] == ["x ^ { 2 } + x", "x ^ { 2 }"]
+    assert r.to_dict()["alternatives"][1]["latex"] == "x^{2}"
+    assert tokens["tokens"] == r.tokens
+    with pytest.raises(ValueError, match="style"):
+        r.latex_as("mathml")
+
+
+def test_batch_of_prepared_inputs_matches_one_at_a_time(tmp_path):
+    from serve_helpers import png_bytes, tiny_image_recognizer
+
+    rec = tiny_image_recognizer()
+    paths = []
+    for i, size in enumerate([(120, 48), (260, 70), (90, 40)]):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(png_bytes(size=size))
+    for beam in (1, 2):
+        one = [rec.recognize_file(p, beam=beam) for p in paths]
+        batch = rec.recognize_prepared([rec.prepare_file(p) for p in paths], list("abc"), beam)
+        assert [r.alternatives for r in batch] == [r.alternatives for r in one]
+        assert [r.source for r in batch] == ["a", "b", "c"]

@@ -27,11 +27,27 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 INK_SUFFIXES = {".inkml"}
 
 
+# Output styles: "latex" is compact LaTeX to paste (x^{2}), "tokens" the captions' and scorer's
+# space-separated token form (x ^ { 2 }).
+STYLES = ("latex", "tokens")
+
+
+def latex_in(tokens: list[str], style: str = "latex") -> str:
+    """LaTeX of ``tokens`` in an output style (see ``STYLES``)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    return detokenize(tokens, compact=style == "latex")
+
+
 @dataclass
 class Alternative:
-    latex: str
+    latex: str  # compact LaTeX; latex_as("tokens") gives the token form
     tokens: list[str]
     score: float  # confidence in (0, 1]: exp(mean token log-probability)
+
+    def latex_as(self, style: str = "latex") -> str:
+        """This hypothesis's LaTeX in an output style ("latex" or "tokens")."""
+        return latex_in(self.tokens, style)
 
 
 @dataclass
@@ -46,8 +62,17 @@ class Result:
     time_ms: float = 0.0
     source: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def latex_as(self, style: str = "latex") -> str:
+        """The best hypothesis's LaTeX in an output style ("latex" or "tokens")."""
+        return latex_in(self.tokens, style)
+
+    def to_dict(self, style: str = "latex") -> dict:
+        """A JSON-ready dict; ``style`` chooses how ``latex`` fields are written."""
+        out = asdict(self)
+        out["latex"] = self.latex_as(style)
+        for d, alt in zip(out["alternatives"], self.alternatives, strict=True):
+            d["latex"] = alt.latex_as(style)
+        return out
 
 
 class Recognizer:
@@ -141,6 +166,10 @@ class Recognizer:
             masks = torch.zeros(1, x.shape[0], dtype=torch.bool)
         with self._lock, torch.inference_mode():
             hyps = recognize_batch(self.model, inputs, masks, beam=beam, deadline=deadline)[0]
+        ms = (time.perf_counter() - t0) * 1000
+        return self._result(hyps, source, ms)
+
+    def _result(self, hyps: list, source: str, ms: float) -> Result:
         valid, repaired, seen = [], [], set()
         for h in hyps:
             tokens = self.vocab.decode(h.ids)
@@ -150,13 +179,55 @@ class Recognizer:
             if tuple(tokens) in seen:
                 continue
             seen.add(tuple(tokens))
-            alt = Alternative(detokenize(tokens), tokens, round(h.confidence, 4))
+            alt = Alternative(detokenize(tokens, compact=True), tokens, round(h.confidence, 4))
             (valid if ok else repaired).append(alt)
         # A hypothesis that was not valid LaTeX yields to every valid one.
         ranked = valid + repaired
         best = ranked[0] if ranked else Alternative("", [], 0.0)
-        ms = (time.perf_counter() - t0) * 1000
         return Result(best.latex, best.tokens, best.score, ranked, self.name, round(ms, 1), source)
+
+    # -- batches -----------------------------------------------------------------------------
+    def prepare_file(self, path: str | Path) -> np.ndarray:
+        """The model input that ``recognize_file`` would decode for an image or InkML file."""
+        path = Path(path)
+        if path.suffix.lower() in INK_SUFFIXES:
+            traces = read_inkml(path).traces
+            if self.input_kind == "strokes":
+                from hmer.data.strokes import ink_features
+
+                return ink_features(traces)
+            return render_natural(traces)
+        self._need("image", str(path))
+        return prepare_image(path, str(path))
+
+    def recognize_prepared(
+        self,
+        inputs: list[np.ndarray],
+        sources: list[str],
+        beam: int | None = None,
+        deadline: float | None = None,
+    ) -> list[Result]:
+        """Recognize inputs from ``prepare_file`` in one zero-padded batch, in order.
+
+        Greedy decoding (``beam=1``) runs the whole batch at once; beam search shares only the
+        encoder pass. Each result's ``time_ms`` is its share of the batch's time.
+        """
+        from hmer.data.batching import pad_images
+        from hmer.data.strokes import pad_points
+
+        if not inputs:
+            return []
+        t0 = time.perf_counter()
+        beam = self.beam if beam is None else beam
+        if self.timeout_s is not None:
+            own = time.monotonic() + self.timeout_s
+            deadline = own if deadline is None else min(deadline, own)
+        check_deadline(deadline)
+        x, masks = pad_points(inputs) if self.input_kind == "strokes" else pad_images(inputs)
+        with self._lock, torch.inference_mode():
+            hyps = recognize_batch(self.model, x, masks, beam=beam, deadline=deadline)
+        ms = (time.perf_counter() - t0) * 1000 / len(inputs)
+        return [self._result(h, s, ms) for h, s in zip(hyps, sources, strict=True)]
 
 
 def find_inputs(paths: list[str | Path]) -> list[Path]:

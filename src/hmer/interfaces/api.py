@@ -40,6 +40,7 @@ log = logging.getLogger("hmer.api")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 VENDOR = "/static/vendor"
 IMAGE_TYPES = ("image/", "application/octet-stream")
+STYLE_HELP = "LaTeX output: 'latex' compact, x^{2} (default); 'tokens' the token form, x ^ { 2 }"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class StrokesRequest(BaseModel):
     )
     beam: int | None = Field(None, ge=1, description="beam width (default: the model's)")
     model: str | None = Field(None, description="model name from /v1/models (default: automatic)")
+    style: str | None = Field(None, description=STYLE_HELP)
 
 
 class AlternativeOut(BaseModel):
@@ -82,7 +84,7 @@ class AlternativeOut(BaseModel):
 
 
 class RecognizeResponse(BaseModel):
-    latex: str
+    latex: str = Field(..., description="LaTeX in the requested style (default compact)")
     tokens: list[str]
     score: float
     alternatives: list[AlternativeOut]
@@ -302,6 +304,7 @@ _RECOGNIZE_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "beam": {"type": "integer"},
                         "model": {"type": "string"},
+                        "style": {"type": "string", "enum": ["latex", "tokens"]},
                     },
                 }
             },
@@ -439,16 +442,18 @@ def create_app(
         request: Request,
         model: str | None = Query(None, description="model name (default: by input kind)"),
         beam: int | None = Query(None, ge=1, le=limits.max_beam, description="beam width"),
+        style: str | None = Query(None, description=STYLE_HELP),
     ) -> dict:
         """Recognize an image (multipart field ``file``, or a raw ``image/*`` body) or pen strokes
-        (JSON ``{"strokes": [[[x, y], ...], ...]}``). ``model`` and ``beam`` may also be given in
-        the JSON body or as form fields."""
+        (JSON ``{"strokes": [[[x, y], ...], ...]}``). ``model``, ``beam`` and ``style`` may also be
+        given in the JSON body or as form fields."""
         t0 = time.perf_counter()
         mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if mtype == "application/json" or mtype.endswith("+json"):
             payload = _load_json(await request.body())
             model = _str_field(payload.get("model", model), "model")
             beam = _beam(payload.get("beam", beam), limits)
+            style = payload.get("style", style)
             traces = parse_strokes(payload.get("strokes"), limits)
             rec = pick(model, "strokes")
 
@@ -469,6 +474,7 @@ def create_app(
             data = await upload.read()
             model = _str_field(form.get("model", model), "model")
             beam = _beam(form.get("beam", beam), limits)
+            style = form.get("style", style)
             source = upload.filename or "upload"
             rec = pick(model, "image")
 
@@ -491,13 +497,14 @@ def create_app(
                 "send multipart/form-data with a 'file', an image/* body, or "
                 "application/json strokes",
             )
+        style = _style(style)
         try:
             result = await run(work)
         except (ImageError, InkMLError) as exc:
             raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
-        alts = [{"latex": a.latex, "score": a.score} for a in result.alternatives]
+        alts = [{"latex": a.latex_as(style), "score": a.score} for a in result.alternatives]
         return {
-            "latex": result.latex,
+            "latex": result.latex_as(style),
             "tokens": result.tokens,
             "score": result.score,
             "alternatives": alts,
@@ -544,6 +551,14 @@ def _load_json(body: bytes) -> dict:
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_strokes", 'expected a JSON object like {"strokes": [...]}')
     return payload
+
+
+def _style(value: Any) -> str:
+    if value is None:
+        return "latex"
+    if value not in ("latex", "tokens"):
+        raise ApiError(422, "bad_style", "'style' must be 'latex' (compact) or 'tokens'")
+    return value
 
 
 def _str_field(value: Any, name: str) -> str | None:

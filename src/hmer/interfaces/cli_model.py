@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from hmer.evaluation.metrics import NORMALIZATIONS
@@ -18,8 +20,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a .safetensors release (default: the shipped model for the input)"
     )
-    p.add_argument("--format", choices=["text", "json", "tsv"], default="text")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "tsv"],
+        default="text",
+        help="text: LaTeX (one line per file); json: n-best, confidences and timing per line; "
+        "tsv: ID<TAB>tokens for hmer score (always the token form)",
+    )
+    p.add_argument(
+        "--style",
+        choices=["latex", "tokens"],
+        default="latex",
+        help="latex: compact LaTeX to paste, x^{2} (default); tokens: the scorer's token form, "
+        "x ^ { 2 }",
+    )
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="decode N inputs at once, padded to a common size (helps greedy decoding most)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="worker processes, the CPU threads shared among them"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=cmd_recognize)
 
     p = sub.add_parser("train", help="train a model from a TOML config")
@@ -92,51 +122,141 @@ def _err(msg: str) -> None:
 
 
 def cmd_recognize(args: argparse.Namespace) -> int:
-    from hmer.recognize import INK_SUFFIXES, Recognizer, find_inputs
-    from hmer.weights import WeightsError, default_weights
+    from tqdm import tqdm
 
+    from hmer.recognize import find_inputs
+
+    if args.batch < 1 or args.jobs < 1 or args.beam < 1:
+        _err("--batch, --jobs and --beam must be at least 1")
+        return 2
     files = find_inputs(args.paths)
     if not files:
         _err("no image or .inkml files found")
         return 2
-    cache: dict[str, Recognizer] = {}
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = tqdm(total=len(files), unit="file", file=sys.stderr, disable=not show)
+    # Chunks of a few batches, so that each batch gathers inputs of similar size, and enough
+    # chunks to keep every worker busy.
+    size = min(args.batch * 4, -(-len(files) // (2 * args.jobs))) if args.batch > 1 else 1
+    size = max(size, args.batch)
+    chunks = [files[k : k + size] for k in range(0, len(files), size)]
+    work = partial(_recognize_chunk, model=args.model, beam=args.beam, batch=args.batch)
+    pool = None
+    if args.jobs > 1 and len(chunks) > 1:
+        import multiprocessing
 
-    def recognizer_for(path: Path) -> Recognizer:
-        kind = "image"
-        if args.model:
-            key = args.model
-        elif path.suffix.lower() in INK_SUFFIXES:
-            try:  # pen input goes to the stroke model when one is shipped
-                key = str(default_weights("strokes"))
-                kind = "strokes"
-            except WeightsError:
-                key = str(default_weights("image"))
-        else:
-            key = str(default_weights("image"))
-        if key not in cache:
-            cache[key] = Recognizer.load(key, kind, beam=args.beam)
-        return cache[key]
-
+        # spawn, not fork: a forked copy of a process that has used torch's threads can hang.
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(min(args.jobs, len(chunks)), _init_worker, (threads,))
+        outcomes = pool.imap(work, chunks)
+    else:
+        outcomes = map(work, chunks)
     failed = 0
-    for path in files:
-        try:
-            result = recognizer_for(path).recognize_file(path, beam=args.beam)
-        except (ValueError, OSError, RuntimeError) as exc:
-            failed += 1
-            _err(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
-            continue
-        if args.format == "text":
-            print(result.latex if len(files) == 1 else f"{path}: {result.latex}")
-        elif args.format == "tsv":
-            print(f"{path.stem}\t{' '.join(result.tokens)}")
-        else:
-            out = result.to_dict()
-            out["alternatives"] = [
-                {"latex": a["latex"], "score": a["score"]} for a in out["alternatives"]
-            ]
-            print(json.dumps(out, ensure_ascii=False))
-        sys.stdout.flush()
+    try:
+        for chunk in outcomes:
+            for path, result in chunk:
+                if isinstance(result, str):
+                    failed += 1
+                    bar.write(f"hmer: error: {result}", file=sys.stderr)
+                else:
+                    bar.write(_format_result(path, result, args, len(files)), file=sys.stdout)
+                    sys.stdout.flush()
+                bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    if failed and len(files) > 1:
+        _err(f"{failed} of {len(files)} files could not be read")
     return 1 if failed else 0
+
+
+def _format_result(path: Path, result, args: argparse.Namespace, n_files: int) -> str:
+    if args.format == "tsv":  # the scoring convention: ID<TAB>space-separated tokens
+        return f"{path.stem}\t{' '.join(result.tokens)}"
+    if args.format == "text":
+        latex = result.latex_as(args.style)
+        return latex if n_files == 1 else f"{path}: {latex}"
+    out = result.to_dict(args.style)
+    out["alternatives"] = [{"latex": a["latex"], "score": a["score"]} for a in out["alternatives"]]
+    return json.dumps(out, ensure_ascii=False)
+
+
+_RECOGNIZERS: dict = {}  # per process: loaded once, reused for every chunk
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _recognizer_for(path: Path, model: str | None, beam: int):
+    from hmer.recognize import INK_SUFFIXES, Recognizer
+    from hmer.weights import WeightsError, default_weights
+
+    kind = "image"
+    if model:
+        key = model
+    elif path.suffix.lower() in INK_SUFFIXES:
+        try:  # pen input goes to the stroke model when one is shipped
+            key = str(default_weights("strokes"))
+            kind = "strokes"
+        except WeightsError:
+            key = str(default_weights("image"))
+    else:
+        key = str(default_weights("image"))
+    if key not in _RECOGNIZERS:
+        _RECOGNIZERS[key] = Recognizer.load(key, kind, beam=beam)
+    return _RECOGNIZERS[key]
+
+
+def _problem(path: Path, exc: BaseException) -> str:
+    """One line naming the file and what is wrong with it."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path}: is a folder"
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror.lower()
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def _recognize_chunk(paths: list[Path], model: str | None, beam: int, batch: int) -> list:
+    """[(path, Result or an error message)] for ``paths``, in order."""
+    from hmer.decoding import DecodingTimeout
+
+    errors = (ValueError, OSError, RuntimeError, DecodingTimeout)
+    out: dict[int, object] = {}
+    if batch == 1:
+        for i, path in enumerate(paths):
+            try:
+                out[i] = _recognizer_for(path, model, beam).recognize_file(path, beam=beam)
+            except errors as exc:
+                out[i] = _problem(path, exc)
+        return [(p, out[i]) for i, p in enumerate(paths)]
+    groups: dict[int, list] = {}  # recognizer -> [(index, path, input)]
+    for i, path in enumerate(paths):
+        try:
+            rec = _recognizer_for(path, model, beam)
+            groups.setdefault(id(rec), [rec, []])[1].append((i, path, rec.prepare_file(path)))
+        except errors as exc:
+            out[i] = _problem(path, exc)
+    for rec, items in groups.values():
+        items.sort(key=lambda item: item[2].shape[::-1])  # similar sizes pad little
+        for k in range(0, len(items), batch):
+            part = items[k : k + batch]
+            try:
+                results = rec.recognize_prepared(
+                    [x for _, _, x in part], [str(p) for _, p, _ in part], beam=beam
+                )
+            except errors as exc:
+                results = [_problem(p, exc) for _, p, _ in part]
+            for (i, _, _), r in zip(part, results, strict=True):
+                out[i] = r
+    return [(p, out[i]) for i, p in enumerate(paths)]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
