@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hmer.decoding.search import beam_search, greedy
+from hmer.decoding.search import beam_search, greedy, grouped_beam_search
 from hmer.models import create_model
 
 TINY = {
@@ -61,3 +61,25 @@ def test_cached_search_equals_uncached_search():
             fa = beam_search(model, mem, 4, direction, max_len=12)
             fb = beam_search(_NoCache(model), mem, 4, direction, max_len=12)
             assert [h.ids for h in fa] == [h.ids for h in fb]
+
+
+def test_both_directions_in_one_batch_equal_separate_searches():
+    model = _model(True)
+    with torch.no_grad():
+        mem = model.encode(torch.rand(1, 1, 48, 96), torch.zeros(1, 48, 96, dtype=torch.bool))
+        l2r, r2l = grouped_beam_search(model, mem, ("l2r", "r2l"), beam=4, max_len=12)
+        for direction, got in (("l2r", l2r), ("r2l", r2l)):
+            alone = beam_search(_NoCache(model), mem, 4, direction, max_len=12)
+            assert [h.ids for h in got] == [h.ids for h in alone]
+            for a, b in zip(got, alone, strict=True):
+                assert abs(a.score - b.score) < 1e-4
+
+
+def test_one_shared_memory_row_equals_copied_rows():
+    # Hypotheses of one input read one memory row by broadcasting, without copying it per row.
+    model = _model(True)
+    with torch.no_grad():
+        mem = model.encode(torch.rand(1, 1, 48, 96), torch.zeros(1, 48, 96, dtype=torch.bool))
+        tgt = torch.tensor([[1, 5, 6, 7], [1, 9, 4, 4], [1, 3, 3, 8]])
+        copied = model.select(mem, torch.zeros(3, dtype=torch.long))
+        assert torch.allclose(model.decode(mem, tgt), model.decode(copied, tgt), atol=1e-5)

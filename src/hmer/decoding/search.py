@@ -115,55 +115,101 @@ def beam_search(
     Scores are log-probabilities divided by (length + 1) ** ``length_penalty``. Past
     ``deadline`` (``time.monotonic()``) it raises :class:`DecodingTimeout`.
     """
-    start, end = model.start_tokens(direction)
+    (hyps,) = grouped_beam_search(model, mem, (direction,), beam, max_len, length_penalty, deadline)
+    return hyps
+
+
+@torch.no_grad()
+def grouped_beam_search(
+    model,
+    mem: dict,
+    directions: tuple[str, ...] = ("l2r", "r2l"),
+    beam: int = 10,
+    max_len: int = 200,
+    length_penalty: float = 1.0,
+    deadline: float | None = None,
+) -> list[list[Hypothesis]]:
+    """Independent beam searches of ONE input, one per direction, run as one batch.
+
+    Each direction (group) keeps ``beam`` rows; all rows go through the decoder together, so a
+    step costs one decoder call however many directions there are. Rows that are not (or no
+    longer) live carry a score of -inf. A group stops once no live row can beat its worst kept
+    finished hypothesis. Returns each group's hypotheses, best first.
+    """
+    g_n, k_n = len(directions), beam
+    ends = [model.start_tokens(d) for d in directions]
     dev = mem["memory"].device
-    prefixes = torch.full((1, 1), start, dtype=torch.long, device=dev)
-    scores = torch.zeros(1, device=dev)
-    finished: list[Hypothesis] = []
+    starts = torch.tensor([s for s, _ in ends], device=dev).repeat_interleave(k_n)
+    prefixes = starts[:, None]
+    scores = torch.full((g_n, k_n), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # one live row per group to begin with
+    finished: list[list[Hypothesis]] = [[] for _ in directions]
+    done = [False] * g_n
     step = _Stepper(model, mem)
     for t in range(max_len):
         check_deadline(deadline)
         lp = step(prefixes)
-        lp[:, start] = float("-inf")
+        lp[torch.arange(len(starts), device=dev), starts] = float("-inf")
         lp[:, PAD] = float("-inf")
-        total = (scores[:, None] + lp).reshape(-1)
-        k = min(2 * beam, total.numel())
-        top, idx = total.topk(k)
-        src, tok = idx // lp.shape[1], idx % lp.shape[1]
-        keep = []
-        for s, i, j in zip(top.tolist(), src.tolist(), tok.tolist(), strict=True):
-            if j == end:
-                ids = prefixes[i, 1:].tolist()
-                if direction == "r2l":
-                    ids = ids[::-1]
-                finished.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
-            elif len(keep) < beam:
-                keep.append((i, j, s))
-        if not keep:
+        vocab = lp.shape[1]
+        total = (scores.reshape(-1, 1) + lp).view(g_n, k_n * vocab)
+        top, idx = total.topk(min(2 * k_n, k_n * vocab), dim=1)
+        rows, toks, new_scores = [], [], []
+        for g, direction in enumerate(directions):
+            keep: list[tuple[int, int, float]] = []
+            if not done[g]:
+                end = ends[g][1]
+                for s, i in zip(top[g].tolist(), idx[g].tolist(), strict=True):
+                    if s == float("-inf"):
+                        break
+                    row, tok = g * k_n + i // vocab, i % vocab
+                    if tok == end:
+                        ids = prefixes[row, 1:].tolist()
+                        if direction == "r2l":
+                            ids = ids[::-1]
+                        finished[g].append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+                    elif len(keep) < k_n:
+                        keep.append((row, tok, s))
+                if len(finished[g]) >= k_n:
+                    finished[g].sort(key=lambda h: -h.score)
+                    finished[g] = finished[g][:k_n]
+                    best_live = max((s for *_, s in keep), default=float("-inf"))
+                    if best_live / (t + 2) ** length_penalty < finished[g][-1].score:
+                        keep = []
+                done[g] = not keep
+            # Dead rows keep the group's shape: any row of the group, scored -inf.
+            keep += [(g * k_n, PAD, float("-inf"))] * (k_n - len(keep))
+            for row, tok, s in keep:
+                rows.append(row)
+                toks.append(tok)
+                new_scores.append(s)
+        if all(done):
             break
-        # stop once no live beam can beat the worst kept finished hypothesis
-        if len(finished) >= beam:
-            finished.sort(key=lambda h: -h.score)
-            finished = finished[:beam]
-            best_live = max(s for _, _, s in keep) / (t + 2) ** length_penalty
-            if best_live < finished[-1].score:
-                break
-        rows = torch.tensor([i for i, _, _ in keep], device=dev)
-        toks = torch.tensor([j for _, j, _ in keep], device=dev)
-        prefixes = torch.cat([prefixes[rows], toks[:, None]], 1)
-        step.keep(rows)
-        scores = torch.tensor([s for _, _, s in keep], device=dev)
-    if not finished:  # ran out of length: keep the live beams as they are
-        for row, s in zip(prefixes[:, 1:].tolist(), scores.tolist(), strict=True):
-            ids = row[::-1] if direction == "r2l" else row
-            finished.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
-    finished.sort(key=lambda h: -h.score)
-    return finished[:beam]
+        rows_t = torch.tensor(rows, device=dev)
+        prefixes = torch.cat([prefixes[rows_t], torch.tensor(toks, device=dev)[:, None]], 1)
+        step.keep(rows_t)
+        scores = torch.tensor(new_scores, device=dev).view(g_n, k_n)
+    out = []
+    for g, direction in enumerate(directions):
+        if not finished[g]:  # ran out of length: keep the live beams as they are
+            for k in range(k_n):
+                s = float(scores[g, k])
+                if s == float("-inf"):
+                    continue
+                row = prefixes[g * k_n + k, 1:].tolist()
+                ids = row[::-1] if direction == "r2l" else row
+                finished[g].append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+        finished[g].sort(key=lambda h: -h.score)
+        out.append(finished[g][:k_n])
+    return out
 
 
 @torch.no_grad()
 def sequence_logprob(model, mem: dict, hyps: list[list[int]], direction: str) -> list[float]:
-    """Log-probability of each full token sequence (left-to-right ids) read in ``direction``."""
+    """Log-probability of each full token sequence (left-to-right ids) read in ``direction``.
+
+    ``mem`` is one input's (batch 1): every sequence reads that one memory row.
+    """
     if not hyps:
         return []
     start, end = model.start_tokens(direction)
@@ -175,8 +221,7 @@ def sequence_logprob(model, mem: dict, hyps: list[list[int]], direction: str) ->
     for i, s in enumerate(seqs):
         tgt_in[i, : len(s) + 1] = torch.tensor([start, *s])
         tgt_out[i, : len(s) + 1] = torch.tensor([*s, end])
-    m = model.select(mem, torch.zeros(len(seqs), dtype=torch.long, device=dev))
-    lp = model.decode(m, tgt_in).float().log_softmax(-1)
+    lp = model.decode(mem, tgt_in).float().log_softmax(-1)  # one memory row, read by every seq
     tok_lp = lp.gather(-1, tgt_out.clamp(min=0)[..., None])[..., 0]
     return (tok_lp * (tgt_out != PAD)).sum(1).tolist()
 
@@ -195,8 +240,9 @@ def bidirectional_beam_search(
     The final score is the mean of both directions' length-normalized log-probabilities.
     """
     pool: dict[tuple[int, ...], Hypothesis] = {}
-    for direction in ("l2r", "r2l"):
-        for h in beam_search(model, mem, beam, direction, max_len, length_penalty, deadline):
+    both = grouped_beam_search(model, mem, ("l2r", "r2l"), beam, max_len, length_penalty, deadline)
+    for hyps in both:
+        for h in hyps:
             pool.setdefault(tuple(h.ids), h)
     ids = [list(k) for k in pool]
     l2r = sequence_logprob(model, mem, ids, "l2r")

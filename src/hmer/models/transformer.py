@@ -43,9 +43,23 @@ class CoverageRefiner(nn.Module):
         h, w = hw
         x = cum.transpose(1, 2).reshape(b * t, c, h, w)
         x = F.relu(self.conv(x))
-        pad = mem_pad.view(b, 1, 1, h, w).expand(b, t, 1, h, w).reshape(b * t, 1, h, w)
+        # mem_pad may have one row shared by all b (beams of one input): expand, don't copy.
+        pad = mem_pad.view(-1, 1, 1, h, w).expand(b, t, 1, h, w).reshape(b * t, 1, h, w)
         x = self.proj(x.masked_fill(pad, 0.0))
         return x.view(b, t, -1, n).transpose(1, 2)
+
+
+def _matmul_shared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a (N,heads,T,x) and b (N or 1,heads,x,y).
+
+    When all N rows read one memory row (beams of one input), the rows are folded into T: a
+    broadcast matmul would first copy ``b`` N times.
+    """
+    if b.shape[0] != 1 or a.shape[0] == 1:
+        return a @ b
+    n, h, t, x = a.shape
+    out = a.transpose(0, 1).reshape(1, h, n * t, x) @ b
+    return out.view(h, n, t, -1).transpose(0, 1)
 
 
 class DecoderLayer(nn.Module):
@@ -76,7 +90,7 @@ class DecoderLayer(nn.Module):
         the attention maps the coverage refiner reads (None without coverage)."""
         b, t, d = h.shape
         q = self.q(h).view(b, t, self.nhead, d // self.nhead).transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
+        scores = _matmul_shared(q, k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
         scores = scores.masked_fill(mem_pad[:, None, None, :], float("-inf"))
         if self.arm is None:
             return scores, None
@@ -86,7 +100,7 @@ class DecoderLayer(nn.Module):
     @staticmethod
     def _read(attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention-weighted memory values, heads merged: (B,T,d)."""
-        ctx = attn.to(v.dtype) @ v  # B, heads, T, d/heads
+        ctx = _matmul_shared(attn.to(v.dtype), v)  # B, heads, T, d/heads
         b, _, t, _ = ctx.shape
         return ctx.transpose(1, 2).reshape(b, t, -1)
 
@@ -178,7 +192,10 @@ class TransformerHMER(nn.Module):
 
     # -- decoder -----------------------------------------------------------------------------
     def decode(self, mem: dict, tgt: torch.Tensor, return_attn: bool = False):
-        """Teacher-forced logits (B,T,V) for input tokens ``tgt`` (B,T)."""
+        """Teacher-forced logits (B,T,V) for input tokens ``tgt`` (B,T).
+
+        ``mem`` has B rows, or one row that all B sequences read (hypotheses of one input).
+        """
         t = tgt.shape[1]
         x = self.embed_norm(self.word_pos(self.embed(tgt)))
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tgt.device), 1)
@@ -219,10 +236,15 @@ class TransformerHMER(nn.Module):
 
     @staticmethod
     def reorder_state(state: dict, rows: torch.Tensor) -> dict:
-        """Keep the state rows in ``rows`` order (beams that survived)."""
+        """Keep the state rows in ``rows`` order (beams that survived).
+
+        Memory keys/values of a single input stay one row that every beam broadcasts against:
+        copying them per beam at every step cost more than the decoder itself.
+        """
+        shared = state["mem_pad"].shape[0] == 1
         return {
-            "kv": [(k[rows], v[rows]) for k, v in state["kv"]],
-            "mem_pad": state["mem_pad"][rows],
+            "kv": state["kv"] if shared else [(k[rows], v[rows]) for k, v in state["kv"]],
+            "mem_pad": state["mem_pad"] if shared else state["mem_pad"][rows],
             "hw": state["hw"],
             "layers": [{k: v[rows] for k, v in c.items()} for c in state["layers"]],
             "t": state["t"],
