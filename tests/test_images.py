@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from hmer.data.images import ImageError, normalize_bitmap
+from hmer.data.images import MAX_SIZE, ImageError, load_gray, normalize_bitmap, prepare_image
 from hmer.data.render import SYMBOL_PX
 
 
@@ -43,3 +48,109 @@ def test_symbols_come_out_at_training_size(symbol, width, dark, aa):
 def test_blank_image_is_refused():
     with pytest.raises(ImageError, match="no ink"):
         normalize_bitmap(np.full((50, 80), 255, np.uint8))
+
+
+# -- hostile and odd images: a clear ImageError or a bounded result, nothing else ------------------
+def _png(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_specks_only_is_a_clear_error_not_a_crash():
+    tiny = np.full((3, 3), 255, np.uint8)
+    tiny[1, 1] = 0  # one dark pixel: a speck, which normalization drops
+    with pytest.raises(ImageError, match="no ink"):
+        prepare_image(_png(tiny), "specks.png")
+
+
+@pytest.mark.parametrize("shape", [(1, 20000), (20000, 1), (1, 1), (2, 3)])
+def test_degenerate_shapes_give_an_error_or_a_bounded_image(shape):
+    arr = np.full(shape, 255, np.uint8)
+    arr.flat[: max(1, arr.size // 3)] = 0
+    try:
+        out = prepare_image(_png(arr), "odd.png")
+    except ImageError as exc:
+        assert "odd.png" in str(exc)
+    else:
+        assert out.shape[0] <= MAX_SIZE[0] and out.shape[1] <= MAX_SIZE[1]
+
+
+def test_noise_and_huge_ink_are_reduced_to_the_largest_training_bucket():
+    from hmer.data.batching import BucketSpec
+
+    assert (BucketSpec.heights[-1], BucketSpec.widths[-1]) == MAX_SIZE
+    rng = np.random.default_rng(0)
+    noise = np.where(rng.random((1500, 1500)) < 0.08, 0, 255).astype(np.uint8)  # ~180k specks
+    wide = scribble(400, 12, dark_ink=True)  # 2440 px wide at 400 px symbols
+    for arr in (noise, wide, np.tile(wide, (1, 4))):
+        out = prepare_image(arr, "big")
+        assert out.shape[0] <= MAX_SIZE[0] and out.shape[1] <= MAX_SIZE[1], out.shape
+
+
+def test_sixteen_bit_grayscale_is_read_not_blank():
+    ink = scribble(28, 3, dark_ink=True) < 128
+    a16 = np.full(ink.shape, 65535, np.uint16)
+    a16[ink] = 20000  # dark ink, but above 255: an 8-bit clip would make it all white
+    gray = load_gray(_png(a16))
+    assert gray.dtype == np.uint8 and gray[ink].max() < 100 and gray[~ink].min() > 200
+    assert normalize_bitmap(gray).max() == 255
+    with pytest.raises(ImageError, match="no ink"):
+        prepare_image(_png(np.full((80, 220), 65535, np.uint16)))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"DDS " + (124).to_bytes(4, "little") + bytes(range(256)) * 3,
+        np.zeros(256, ">f4").tobytes() + bytes(2000),  # SPIDER-like header
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",  # would run Ghostscript
+        b"8BPS\x00\x01" + bytes(40),
+        b"\x89PNG\r\n\x1a\n" + bytes(30),
+        b"not an image at all",
+    ],
+)
+def test_unsupported_or_broken_formats_are_refused_in_plain_words(data):
+    with pytest.raises(ImageError) as info:
+        load_gray(data, "up.png")
+    message = str(info.value)
+    assert message.startswith("up.png: ") and "Error" not in message and "(" in message
+
+
+def test_truncated_and_fuzzed_images_only_raise_image_errors():
+    import io
+    import random
+
+    buf = io.BytesIO()
+    Image.fromarray(scribble(28, 3, dark_ink=True)).save(buf, "PNG")
+    png = buf.getvalue()
+    rng = random.Random(0)
+    for k in range(40):
+        data = bytearray(png[: rng.randrange(8, len(png))] if k % 2 else png)
+        for _ in range(8):
+            data[rng.randrange(8, len(data))] = rng.randrange(256)
+        with contextlib.suppress(ImageError):
+            prepare_image(bytes(data), "fuzz.png")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_fifo_and_device_files_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read():
+        try:
+            load_gray(fifo)
+        except ImageError as exc:
+            outcome.append(str(exc))
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)  # reading a FIFO with no writer blocks forever
+    assert outcome and "not a regular file" in outcome[0]
+    if Path("/dev/zero").exists():
+        with pytest.raises(ImageError, match="not a regular file"):
+            load_gray("/dev/zero")

@@ -98,3 +98,37 @@ def test_batch_of_prepared_inputs_matches_one_at_a_time(tmp_path):
         batch = rec.recognize_prepared([rec.prepare_file(p) for p in paths], list("abc"), beam)
         assert [r.alternatives for r in batch] == [r.alternatives for r in one]
         assert [r.source for r in batch] == ["a", "b", "c"]
+
+
+def test_every_input_reaches_the_model_at_training_size():
+    from serve_helpers import tiny_image_recognizer, tiny_stroke_recognizer
+
+    from hmer.recognize import MAX_IMAGE_SIZE, MAX_SEQUENCE
+
+    spread = [np.array(s, np.float32) for s in ([[0, 0], [1, 1]], [[5, 0], [6, 1]])]
+    spread.append(np.array([[0, 0], [1000, 1000]], np.float32))  # once a 2000x2000 render
+    dots = [np.array([[i * 3, 0], [i * 3 + 0.01, 0.01]], np.float32) for i in range(300)]
+    far = [*dots, np.array([[0, 0], [900_000, 900_000]], np.float32)]
+    image_rec, stroke_rec = tiny_image_recognizer(), tiny_stroke_recognizer()
+    for traces in (spread, far):
+        img = image_rec.prepare_ink(traces)
+        assert img.shape[0] <= MAX_IMAGE_SIZE[0] and img.shape[1] <= MAX_IMAGE_SIZE[1]
+        assert img.max() > 0  # the ink is drawn, only smaller
+        assert len(stroke_rec.prepare_ink(traces)) <= MAX_SEQUENCE
+    assert isinstance(image_rec.recognize_strokes(spread, beam=1).latex, str)
+
+
+def test_a_cancelled_deadline_stops_decoding_at_once():
+    import time
+
+    from serve_helpers import tiny_image_recognizer
+
+    from hmer.decoding import DecodingTimeout
+    from hmer.interfaces.guard import CancellableDeadline
+
+    rec = tiny_image_recognizer()
+    deadline = CancellableDeadline(time.monotonic() + 3600)
+    assert isinstance(rec.recognize_image(image(), beam=1, deadline=deadline).latex, str)
+    deadline.cancel()
+    with pytest.raises(DecodingTimeout):
+        rec.recognize_image(image(), beam=2, deadline=deadline)

@@ -15,16 +15,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmer.data.batching import BucketSpec
 from hmer.data.images import prepare_image
 from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
 from hmer.data.latex import detokenize, is_valid, repair
 from hmer.data.render import render_natural
+from hmer.data.strokes import StrokeSpec
 from hmer.data.vocab import Vocab
 from hmer.decoding import check_deadline, recognize_batch
 from hmer.weights import default_weights, load_model
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 INK_SUFFIXES = {".inkml"}
+# Every input is brought to the sizes training used before the model sees it: images (padding
+# included) fit the largest bucket of hmer.data.batching.BucketSpec, point sequences the longest
+# of hmer.data.strokes.StrokeSpec. This bounds the work of any one input.
+MAX_IMAGE_SIZE = (BucketSpec.heights[-1], BucketSpec.widths[-1])
+MAX_SEQUENCE = StrokeSpec.lengths[-1]
 
 
 # Output styles: "latex" is compact LaTeX to paste (x^{2}), "tokens" the captions' and scorer's
@@ -119,17 +126,23 @@ class Recognizer:
     ) -> Result:
         """Recognize a bitmap (bytes, path, array or PIL image); needs an image model."""
         self._need("image", source)
-        return self._run(prepare_image(data, source), source, beam, deadline)
+        return self._run(
+            prepare_image(data, source, max_size=MAX_IMAGE_SIZE), source, beam, deadline
+        )
 
     def recognize_ink(
         self, ink: Ink, beam: int | None = None, deadline: float | None = None
     ) -> Result:
         """Recognize pen ink: rendered for an image model, as a trajectory for a stroke model."""
+        return self._run(self.prepare_ink(ink.traces), ink.source, beam, deadline)
+
+    def prepare_ink(self, traces: list[np.ndarray]) -> np.ndarray:
+        """The bounded model input for pen traces: point features or a render."""
         if self.input_kind == "strokes":
             from hmer.data.strokes import ink_features
 
-            return self._run(ink_features(ink.traces), ink.source, beam, deadline)
-        return self._run(render_natural(ink.traces), ink.source, beam, deadline)
+            return ink_features(traces, max_points=MAX_SEQUENCE)
+        return render_natural(traces, max_size=MAX_IMAGE_SIZE)
 
     def recognize_strokes(
         self, strokes: list, beam: int | None = None, deadline: float | None = None
@@ -191,14 +204,9 @@ class Recognizer:
         """The model input that ``recognize_file`` would decode for an image or InkML file."""
         path = Path(path)
         if path.suffix.lower() in INK_SUFFIXES:
-            traces = read_inkml(path).traces
-            if self.input_kind == "strokes":
-                from hmer.data.strokes import ink_features
-
-                return ink_features(traces)
-            return render_natural(traces)
+            return self.prepare_ink(read_inkml(path).traces)
         self._need("image", str(path))
-        return prepare_image(path, str(path))
+        return prepare_image(path, str(path), max_size=MAX_IMAGE_SIZE)
 
     def recognize_prepared(
         self,

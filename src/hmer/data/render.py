@@ -90,18 +90,34 @@ def render_natural(
     padding: tuple[int, int, int, int] | int = 8,
     style: RenderStyle | None = None,
     boxes: list[list[int]] | None = None,
+    max_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Render at the natural scale: median symbol about ``symbol_px`` pixels, size follows the ink.
 
     ``boxes`` optionally lists trace-index groups (one per symbol) whose bounding boxes are drawn.
+    With ``max_size`` (height, width), ink that would be larger is drawn smaller to fit, padding
+    included, as training fits renders to its largest bucket; without it the longest side is at
+    most ``MAX_SIDE``.
     """
     style = style or RenderStyle()
     scale = symbol_px / ink_symbol_size(traces)
-    pts = np.concatenate([t[:, :2] for t in traces])
-    longest = float(np.ptp(pts, axis=0).max()) * scale
-    if longest > MAX_SIDE - 64:  # runaway ink (e.g. a stray far-away dot): shrink to fit
-        scale *= (MAX_SIDE - 64) / longest
-    placed, width, height = place_traces(traces, scale, padding)
+    pts = np.concatenate([t[:, :2] for t in traces]).astype(np.float64)
+    span = np.ptp(pts, axis=0) * scale
+    pad = (padding,) * 4 if isinstance(padding, int) else padding
+    if max_size is None:
+        longest = float(span.max())
+        if longest > MAX_SIDE - 64:  # runaway ink (e.g. a stray far-away dot): shrink to fit
+            scale *= (MAX_SIDE - 64) / longest
+    else:
+        room_w = max_size[1] - pad[0] - pad[2] - 2
+        room_h = max_size[0] - pad[1] - pad[3] - 2
+        if room_w < 1 or room_h < 1:
+            raise ValueError(f"max_size {max_size} leaves no room inside the padding")
+        fit = min(1.0, room_w / max(float(span[0]), 1e-12), room_h / max(float(span[1]), 1e-12))
+        scale *= fit
+    placed, width, height = place_traces(traces, scale, pad)
+    if max_size is not None:
+        width, height = min(width, max_size[1]), min(height, max_size[0])
     return _draw(placed, width, height, style, _boxes(placed, boxes))
 
 

@@ -49,6 +49,13 @@ def ink_features(
         return np.zeros((1, N_FEATURES), np.float32)
     size = ink_symbol_size(traces)
     step = spacing * size
+    if max_points is not None:
+        # Ink whose path is far longer than its symbols (a stray long stroke among dots) would
+        # resample into an unbounded number of points: start at a step that fits.
+        path = sum(float(np.linalg.norm(np.diff(t, axis=0), axis=1).sum()) for t in traces)
+        room = max(1, max_points - len(traces))
+        if path / step > 4 * room:
+            step = path / room
     for _ in range(8):
         parts = [resample_trace(t, step) for t in traces]
         n = sum(len(p) for p in parts)
