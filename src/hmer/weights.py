@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hmer.data.files import is_regular_file
 from hmer.data.vocab import Vocab
 from hmer.models import create_model
 
@@ -107,6 +109,30 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, Vocab, dict]:
     model.load_state_dict(state)
     model.eval()
     return model, vocab, meta
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a training checkpoint (``.pt``) without running any code it might hold.
+
+    Only tensors and plain data (numbers, strings, lists, dicts) are loaded
+    (``torch.load(weights_only=True)``); a file holding other objects is refused with
+    :class:`WeightsError`, as is anything that is not an hmer training checkpoint.
+    """
+    path = Path(path)
+    if not is_regular_file(path):
+        raise WeightsError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path}: refused: the file holds objects other than tensors and plain data, and "
+            "loading them could run code; only checkpoints written by hmer train are loaded"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise WeightsError(f"{path}: not a readable checkpoint file") from exc
+    if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= set(ckpt):
+        raise WeightsError(f"{path}: not an hmer training checkpoint")
+    return ckpt
 
 
 def default_weights(input_kind: str) -> Path:

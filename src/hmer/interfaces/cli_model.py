@@ -36,6 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
     p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds of decoding allowed per input (per batch with --batch); past it the "
+        "input fails with an error line (default 30; 0: no limit)",
+    )
+    p.add_argument(
         "--batch",
         type=int,
         default=1,
@@ -140,7 +147,10 @@ def cmd_recognize(args: argparse.Namespace) -> int:
     size = min(args.batch * 4, -(-len(files) // (2 * args.jobs))) if args.batch > 1 else 1
     size = max(size, args.batch)
     chunks = [files[k : k + size] for k in range(0, len(files), size)]
-    work = partial(_recognize_chunk, model=args.model, beam=args.beam, batch=args.batch)
+    timeout = args.timeout if args.timeout > 0 else None
+    work = partial(
+        _recognize_chunk, model=args.model, beam=args.beam, batch=args.batch, timeout=timeout
+    )
     pool = None
     if args.jobs > 1 and len(chunks) > 1:
         import multiprocessing
@@ -192,7 +202,7 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _recognizer_for(path: Path, model: str | None, beam: int):
+def _recognizer_for(path: Path, model: str | None, beam: int, timeout: float | None = None):
     from hmer.recognize import INK_SUFFIXES, Recognizer
     from hmer.weights import WeightsError, default_weights
 
@@ -209,6 +219,7 @@ def _recognizer_for(path: Path, model: str | None, beam: int):
         key = str(default_weights("image"))
     if key not in _RECOGNIZERS:
         _RECOGNIZERS[key] = Recognizer.load(key, kind, beam=beam)
+    _RECOGNIZERS[key].timeout_s = timeout
     return _RECOGNIZERS[key]
 
 
@@ -224,7 +235,9 @@ def _problem(path: Path, exc: BaseException) -> str:
     return text if str(path) in text else f"{path}: {text}"
 
 
-def _recognize_chunk(paths: list[Path], model: str | None, beam: int, batch: int) -> list:
+def _recognize_chunk(
+    paths: list[Path], model: str | None, beam: int, batch: int, timeout: float | None = None
+) -> list:
     """[(path, Result or an error message)] for ``paths``, in order."""
     from hmer.decoding import DecodingTimeout
 
@@ -233,14 +246,15 @@ def _recognize_chunk(paths: list[Path], model: str | None, beam: int, batch: int
     if batch == 1:
         for i, path in enumerate(paths):
             try:
-                out[i] = _recognizer_for(path, model, beam).recognize_file(path, beam=beam)
+                rec = _recognizer_for(path, model, beam, timeout)
+                out[i] = rec.recognize_file(path, beam=beam)
             except errors as exc:
                 out[i] = _problem(path, exc)
         return [(p, out[i]) for i, p in enumerate(paths)]
     groups: dict[int, list] = {}  # recognizer -> [(index, path, input)]
     for i, path in enumerate(paths):
         try:
-            rec = _recognizer_for(path, model, beam)
+            rec = _recognizer_for(path, model, beam, timeout)
             groups.setdefault(id(rec), [rec, []])[1].append((i, path, rec.prepare_file(path)))
         except errors as exc:
             out[i] = _problem(path, exc)
@@ -284,15 +298,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def load_any(path: str | None):
-    """(model, vocab, name) from a release file, a training checkpoint, or the shipped default."""
-    import torch
+    """(model, vocab, name) from a release file, a training checkpoint, or the shipped default.
 
+    Checkpoints load tensors and plain data only; anything else raises ``WeightsError``.
+    """
     from hmer.data.vocab import Vocab
     from hmer.models import create_model
-    from hmer.weights import default_weights, load_model
+    from hmer.weights import default_weights, load_checkpoint, load_model
 
     if path and path.endswith(".pt"):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path)
         cfg = dict(ckpt["config"]["model"])
         vocab = Vocab.from_json(ckpt["vocab"])
         model = create_model(cfg.pop("name"), len(vocab), **cfg)
@@ -310,8 +325,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hmer.data.inkml import Ink
     from hmer.evaluation.metrics import score
     from hmer.recognize import Recognizer
+    from hmer.weights import WeightsError
 
-    model, vocab, name = load_any(args.model)
+    try:
+        model, vocab, name = load_any(args.model)
+    except WeightsError as exc:
+        _err(str(exc))
+        return 1
     rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
     samples = load_cached(args.split).samples[: args.limit]
     preds, truths, rows, times = {}, {}, [], []
@@ -336,13 +356,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
-
     from hmer.data.vocab import Vocab
     from hmer.models import create_model
-    from hmer.weights import save_release
+    from hmer.weights import WeightsError, load_checkpoint, save_release
 
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except WeightsError as exc:
+        _err(str(exc))
+        return 1
     cfg = dict(ckpt["config"]["model"])
     vocab = Vocab.from_json(ckpt["vocab"])
     model = create_model(cfg["name"], len(vocab), **{k: v for k, v in cfg.items() if k != "name"})
@@ -379,16 +401,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from hmer.data.render import render_natural
     from hmer.decoding.search import greedy
     from hmer.evaluation.plots import attention_grid
+    from hmer.recognize import MAX_IMAGE_SIZE
+    from hmer.weights import WeightsError
 
-    model, vocab, _ = load_any(args.model)
+    try:
+        model, vocab, _ = load_any(args.model)
+    except WeightsError as exc:
+        _err(str(exc))
+        return 1
     if getattr(model, "input_kind", "image") != "image" or not hasattr(model, "decode"):
         _err("explain needs an image model with an attention decoder")
         return 2
     try:
         if args.input.lower().endswith(".inkml"):
-            img = render_natural(read_inkml(args.input).traces)
+            img = render_natural(read_inkml(args.input).traces, max_size=MAX_IMAGE_SIZE)
         else:
-            img = prepare_image(args.input, args.input)
+            img = prepare_image(args.input, args.input, max_size=MAX_IMAGE_SIZE)
     except (ImageError, InkMLError) as exc:
         _err(str(exc))
         return 1

@@ -97,16 +97,37 @@ def load_samples(name: str) -> list[Sample]:
     return load_cached(name).samples
 
 
-def trim_csv(path: Path, key: str, last: int) -> None:
-    """Drop log rows past ``last`` (written after the checkpoint a resumed run restarts from)."""
+LOG_HEADER = ["step", "epoch", "loss", "lr", "samples_per_s", "cpu_hours"]
+EVAL_HEADER = ["epoch", "step", "cpu_hours", "split", "exprate", "le1", "le2"]
+
+
+def trim_csv(path: Path, header: list[str], key: str, last: int) -> None:
+    """Rewrite a log with ``header`` and only its rows up to ``last`` in column ``key``.
+
+    Rows written after the checkpoint a run restarts from are dropped, and so is anything a kill
+    can leave: a missing or repeated header, a half-written last line, rows of the wrong width.
+    The file is replaced atomically, so a kill during the rewrite loses nothing.
+    """
+    rows = []
     if path.exists():
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if rows:
-            with open(path, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(r for r in rows if int(r[key]) <= last)
+        with open(path, newline="", errors="replace") as fh:
+            for row in csv.reader(fh):
+                if len(row) != len(header) or row == header:
+                    continue
+                try:
+                    value = int(row[header.index(key)])
+                except ValueError:
+                    continue
+                if value <= last:
+                    rows.append(row)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def crohme_vocab() -> Vocab:
@@ -179,10 +200,32 @@ def tensorboard_writer(log_dir: Path):
     return SummaryWriter(str(log_dir))
 
 
+def plain(value):
+    """``value`` with numpy scalars and tuples made plain Python data, so that a checkpoint
+    loads with ``torch.load(weights_only=True)``; tensors are kept."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` atomically and durably: a kill or power cut leaves the old file or the new
+    one, never a torn one."""
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself reaches the disk
+    finally:
+        os.close(fd)
 
 
 def init_weights(model: torch.nn.Module, path: str | Path, partial: bool = False) -> int:
@@ -275,15 +318,20 @@ def train(
     ckpt_path = run_dir / "last.pt"
     rng_to_restore = None
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        from hmer.weights import load_checkpoint
+
+        ckpt = load_checkpoint(ckpt_path)  # tensors and plain data only: never runs code
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         rng_to_restore = ckpt["torch_rng"]  # set once the data loader has drawn its seed
         state = ckpt["state"]
         if main:
-            trim_csv(run_dir / "log.csv", "step", state["step"])
-            trim_csv(run_dir / "eval.csv", "epoch", state["epoch"])
             print(f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}")
+    if main:
+        # The logs restart where the run does: rows past the checkpoint (or all, for a fresh
+        # start) go, as does whatever a kill left half-written.
+        trim_csv(run_dir / "log.csv", LOG_HEADER, "step", state["step"])
+        trim_csv(run_dir / "eval.csv", EVAL_HEADER, "epoch", state["epoch"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     def checkpoint(path: Path = ckpt_path) -> None:
@@ -292,23 +340,20 @@ def train(
                 path,
                 {
                     "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": plain(optimizer.state_dict()),
                     "torch_rng": torch.get_rng_state(),
-                    "state": state,
-                    "config": config,
+                    "state": plain(state),
+                    "config": plain(config),
                     "vocab": vocab.to_json(),
                 },
             )
 
     log_path = run_dir / "log.csv"
-    new_log = not log_path.exists()
+    # Opened after trim_csv wrote its header (and flushed it): a kill at any step leaves a log
+    # that starts with its header.
     log_file = open(log_path, "a", newline="")  # noqa: SIM115 (kept open for the whole run)
     log = csv.writer(log_file)
-    if new_log and main:
-        log.writerow(["step", "epoch", "loss", "lr", "samples_per_s", "cpu_hours"])
     eval_path = run_dir / "eval.csv"
-    if main and not eval_path.exists():
-        eval_path.write_text("epoch,step,cpu_hours,split,exprate,le1,le2\n")
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     tb = tensorboard_writer(run_dir / "tb") if main else None
 
