@@ -75,6 +75,13 @@ STROKES = [
 ]
 
 
+def local_client(app, **kwargs):
+    """A TestClient that talks to ``app`` as a client on this machine does (Host 127.0.0.1)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1", **kwargs)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 
 import httpx
@@ -15,6 +16,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from serve_helpers import (  # noqa: E402
     STROKES,
+    live_server,
+    local_client,
     png_bytes,
     tiny_image_recognizer,
     tiny_stroke_recognizer,
@@ -44,14 +47,14 @@ def stroke_rec():
 
 @pytest.fixture(scope="module")
 def client(image_rec):
-    with TestClient(create_app({"tiny": image_rec}), raise_server_exceptions=False) as c:
+    with local_client(create_app({"tiny": image_rec}), raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def both(image_rec, stroke_rec):
     app = create_app({"tiny": image_rec, "tiny-strokes": stroke_rec})
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with local_client(app, raise_server_exceptions=False) as c:
         yield c
 
 
@@ -79,7 +82,8 @@ def check_result(body: dict, model: str = "tiny") -> None:
 
 # -- routes ---------------------------------------------------------------------------------------
 def test_health_and_models(client):
-    assert client.get("/healthz").json() == {"status": "ok", "models": 1}
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["models"] == 1 and health["running"] == 0
     models = client.get("/v1/models").json()
     assert models["models"] == [
         {"name": "tiny", "input_kind": "image", "default_for": ["image", "strokes"], "beam": 2}
@@ -191,7 +195,7 @@ def test_unknown_route_and_method_are_json(client):
 @pytest.fixture(scope="module")
 def small(image_rec):
     limits = Limits(max_upload_bytes=2000, max_pixels=1000, max_strokes=3, max_points=20)
-    with TestClient(create_app({"tiny": image_rec}, limits), raise_server_exceptions=False) as c:
+    with local_client(create_app({"tiny": image_rec}, limits), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -223,7 +227,7 @@ def test_too_many_pixels(small):
     assert "pixels" in error_of(small.post("/v1/recognize", files=files), 413, "too_many_pixels")
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/xml", ""])
+@pytest.mark.parametrize("ctype", ["text/plain", "application/pdf", ""])
 def test_unsupported_content_type(client, ctype):
     resp = client.post("/v1/recognize", content=b"hello", headers={"content-type": ctype})
     error_of(resp, 415, "unsupported_media_type")
@@ -259,7 +263,8 @@ def test_multipart_without_file_or_boundary(client):
     ("body", "status", "code"),
     [
         (b"{not json", 400, "malformed_json"),
-        (b"[" * 100_000, 400, "malformed_json"),  # nesting deeper than the parser's recursion
+        (b"[" * 20_000, 400, "malformed_json"),  # nesting deeper than the parser's recursion
+        (b"[" * 100_000, 422, "too_many_points"),  # more lists than points allowed: not parsed
         (b"\xff\xfe\x00garbage", 400, "malformed_json"),
         (b"1" * 5000, 400, "malformed_json"),  # an integer too long to convert
         (b"[1, 2]", 422, "invalid_strokes"),
@@ -324,14 +329,14 @@ class Broken:
     input_kind = "image"
     beam = 1
 
-    def recognize_strokes(self, strokes, beam=None):
+    def recognize_strokes(self, strokes, beam=None, deadline=None):
         raise RuntimeError("secret /srv/internal/path")
 
     recognize_image = recognize_strokes
 
 
 def test_internal_error_is_generic_json():
-    with TestClient(create_app({"broken": Broken()}), raise_server_exceptions=False) as c:
+    with local_client(create_app({"broken": Broken()}), raise_server_exceptions=False) as c:
         resp = c.post("/v1/recognize", json={"strokes": STROKES})
         assert error_of(resp, 500, "internal_error") == "internal server error"
         assert "secret" not in resp.text
@@ -340,7 +345,7 @@ def test_internal_error_is_generic_json():
 
 def test_busy_server_answers_503(image_rec):
     app = create_app({"tiny": image_rec}, Limits(max_pending=0))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         resp = c.post("/v1/recognize", json={"strokes": STROKES})
         error_of(resp, 503, "busy")
         assert resp.headers["retry-after"] == "1"
@@ -355,7 +360,7 @@ class Slow:
     def __init__(self, delay: float):
         self.delay = delay
 
-    def recognize_strokes(self, strokes, beam=None):
+    def recognize_strokes(self, strokes, beam=None, deadline=None):
         from hmer.recognize import Result
 
         time.sleep(self.delay)
@@ -367,7 +372,7 @@ def test_inference_runs_off_the_event_loop_and_concurrently():
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             t0 = time.perf_counter()
             posts = [c.post("/v1/recognize", json={"strokes": STROKES}) for _ in range(4)]
             tasks = [asyncio.ensure_future(p) for p in posts]
@@ -401,7 +406,7 @@ def test_serve_command_loads_given_models(tmp_path, image_rec, stroke_rec):
     assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 8000, 10.0)
     recs = _load(args)
     assert list(recs) == ["img"] and recs["img"].input_kind == "image"
-    with TestClient(create_app(recs)) as c:
+    with local_client(create_app(recs)) as c:
         resp = c.post("/v1/recognize?beam=1", json={"strokes": STROKES})
         assert resp.status_code == 200 and resp.json()["model"] == "img"
 
@@ -436,3 +441,226 @@ def test_garbage_bodies_never_give_500(client):
         )
         assert 400 <= resp.status_code < 500, (resp.status_code, body)
         assert resp.json()["code"]
+
+
+# -- InkML over HTTP ------------------------------------------------------------------------------
+def test_inkml_is_accepted_as_upload_raw_body_and_in_utf16(client):
+    from inkml_samples import make_inkml, x_plus_one
+
+    doc = make_inkml(x_plus_one()[0])
+    for resp in (
+        client.post("/v1/recognize?beam=1", files={"file": ("x.inkml", doc.encode(), "")}),
+        client.post("/v1/recognize?beam=1", files={"file": ("x.png", doc.encode(), "image/png")}),
+        client.post(
+            "/v1/recognize?beam=1",
+            content=doc.encode("utf-16"),
+            headers={"content-type": "application/inkml+xml"},
+        ),
+        client.post(
+            "/v1/recognize?beam=1",
+            content=doc.encode("utf-16-le"),
+            headers={"content-type": "application/octet-stream"},
+        ),
+    ):
+        assert resp.status_code == 200, resp.text
+        check_result(resp.json())
+    bad = client.post("/v1/recognize", files={"file": ("y.inkml", b"<ink><trace>1 NaN")})
+    message = error_of(bad, 422, "bad_input")
+    assert message.startswith("y.inkml: ") and "Error" not in message
+
+
+# -- who may ask ----------------------------------------------------------------------------------
+def test_host_header_must_name_this_server(image_rec):
+    app = create_app({"tiny": image_rec})
+    with TestClient(app) as c:  # Host: testserver, like a page whose domain re-resolves here
+        assert "Host" in error_of(c.get("/healthz"), 400, "bad_host")
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST"):
+            assert c.get("/healthz", headers={"host": host}).status_code == 200, host
+        resp = c.post("/v1/recognize", json={"strokes": STROKES}, headers={"host": "evil.test"})
+        error_of(resp, 400, "bad_host")
+    with TestClient(create_app({"tiny": image_rec}, allowed_hosts=None)) as c:
+        assert c.get("/healthz", headers={"host": "anything.test"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"origin": "https://attacker.test"}, 403),
+        ({"origin": "http://127.0.0.1:9999"}, 403),  # another local server: another origin
+        ({"origin": "null"}, 403),
+        ({"sec-fetch-site": "cross-site"}, 403),
+        ({"sec-fetch-site": "same-site"}, 403),
+        ({"origin": "http://127.0.0.1", "sec-fetch-site": "same-origin"}, 200),  # the page
+        ({}, 200),  # not a browser
+    ],
+)
+def test_posts_from_other_web_pages_are_refused(client, headers, status):
+    files = {"file": ("expr.png", png_bytes(), "image/png")}  # a no-preflight form post
+    resp = client.post("/v1/recognize?beam=1", files=files, headers=headers)
+    assert resp.status_code == status, resp.text
+    if status == 403:
+        error_of(resp, 403, "cross_origin")
+    assert client.get("/v1/models", headers=headers).status_code == 200  # reads are not work
+
+
+def test_serve_allows_the_bound_address_and_loopback_names():
+    from hmer.interfaces.cli_serve import allowed_hosts
+
+    assert set(allowed_hosts("127.0.0.1", [])) == {"127.0.0.1", "localhost", "::1"}
+    assert "localhost" not in allowed_hosts("192.168.1.5", [])
+    assert allowed_hosts("0.0.0.0", []) is None  # names unknown: any
+    assert allowed_hosts("0.0.0.0", ["box.lan"]) == ["0.0.0.0", "box.lan"]
+    assert allowed_hosts("127.0.0.1", ["*"]) is None
+
+
+# -- bounded work ---------------------------------------------------------------------------------
+def test_recognition_past_its_deadline_is_a_503_json(image_rec):
+    with local_client(create_app({"tiny": image_rec}, Limits(timeout_s=0.0))) as c:
+        resp = c.post("/v1/recognize", json={"strokes": STROKES})
+        assert "longer than" in error_of(resp, 503, "timeout")
+        assert c.get("/healthz").json()["running"] == 0
+
+
+def test_json_bodies_are_capped_before_parsing_and_parsed_off_the_loop(image_rec, monkeypatch):
+    import hmer.interfaces.api as api
+
+    loops = []
+    real = api._load_json
+
+    def spy(body):
+        try:
+            asyncio.get_running_loop()
+            loops.append(True)
+        except RuntimeError:  # no event loop in this thread: a worker thread
+            loops.append(False)
+        return real(body)
+
+    monkeypatch.setattr(api, "_load_json", spy)
+    limits = Limits(max_json_bytes=2000, max_points=50, max_strokes=5)
+    with local_client(create_app({"tiny": image_rec}, limits)) as c:
+        assert c.post("/v1/recognize?beam=1", json={"strokes": STROKES}).status_code == 200
+        assert loops == [False]
+        resp = c.post("/v1/recognize", content=b"[" * 3000, headers={"content-type": "text/json"})
+        error_of(resp, 415, "unsupported_media_type")
+        big = b'{"strokes": [[[0, 0]]], "pad": "' + b"x" * 3000 + b'"}'
+        resp = c.post("/v1/recognize", content=big, headers={"content-type": "application/json"})
+        error_of(resp, 413, "too_large")
+        brackets = b"[" * 100
+        resp = c.post(
+            "/v1/recognize", content=brackets, headers={"content-type": "application/json"}
+        )
+        error_of(resp, 422, "too_many_points")
+        assert loops == [False]  # neither was parsed
+
+
+class Blocking:
+    """A recognizer that works until released, its deadline passes or it is called off."""
+
+    input_kind = "image"
+    beam = 1
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+
+    def recognize_strokes(self, strokes, beam=None, deadline=None):
+        from hmer.decoding import DecodingTimeout
+        from hmer.recognize import Result
+
+        self.started.set()
+        try:
+            while not self.release.wait(0.01):
+                if time.monotonic() > deadline:  # how decoding checks its budget
+                    raise DecodingTimeout("stopped")
+            return Result("x", ["x"], 1.0, [], "blocking", 1.0, "<strokes>")
+        finally:
+            self.stopped.set()
+
+
+def test_saturation_gives_503_with_retry_after_and_health_tells_busy():
+    rec = Blocking()
+    limits = Limits(max_concurrency=1, max_pending=2, queue_timeout_s=0.3, timeout_s=30)
+    app = create_app({"blocking": rec}, limits)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            idle = (await c.get("/healthz")).json()
+            first = asyncio.ensure_future(c.post("/v1/recognize", json={"strokes": STROKES}))
+            while not rec.started.is_set():
+                await asyncio.sleep(0.01)
+            queued = asyncio.ensure_future(c.post("/v1/recognize", json={"strokes": STROKES}))
+            await asyncio.sleep(0.05)
+            busy = (await c.get("/healthz")).json()
+            refused = await c.post("/v1/recognize", json={"strokes": STROKES})  # queue full
+            waited = await queued  # gave up after queue_timeout_s
+            rec.release.set()
+            done = await first
+            return idle, busy, refused, waited, done, (await c.get("/healthz")).json()
+
+    idle, busy, refused, waited, done, after = asyncio.run(scenario())
+    assert idle["status"] == "ok" and idle["capacity"] == 1
+    assert busy["status"] == "busy" and busy["running"] == 1 and busy["waiting"] == 1
+    for resp in (refused, waited):
+        error_of(resp, 503, "busy")
+        assert resp.headers["retry-after"] == "1"
+    assert done.status_code == 200
+    assert after["status"] == "ok" and after["running"] == 0 and after["waiting"] == 0
+
+
+def test_a_request_whose_client_hangs_up_stops_its_work():
+    rec = Blocking()
+    app = create_app({"blocking": rec}, Limits(timeout_s=60))
+    with live_server(app) as url:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url + "/v1/recognize", json={"strokes": STROKES}, timeout=0.5)
+        gone = time.monotonic()
+        assert rec.stopped.wait(20), "the work went on after the client left"
+        assert time.monotonic() - gone < 20  # far less than its 60 s deadline
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/healthz").json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(url + "/healthz").json()["running"] == 0
+
+
+def _http_exchange(sock, request: bytes) -> tuple[int, bytes]:
+    """Send one HTTP/1.1 request on ``sock`` and read one response (status, body)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, b""  # the server closed the connection
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(head.split()[1]), body
+
+
+def test_an_internal_error_keeps_the_connection_open():
+    import socket
+
+    with live_server(create_app({"broken": Broken()})) as url:
+        host, port = url.removeprefix("http://").split(":")
+        payload = json.dumps({"strokes": STROKES}).encode()
+        post = (
+            b"POST /v1/recognize HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        ) % (len(payload), payload)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            status, body = _http_exchange(sock, post)
+            assert status == 500 and json.loads(body)["code"] == "internal_error"
+            status, _ = _http_exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert status == 200  # the same connection still serves

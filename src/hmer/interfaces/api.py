@@ -1,20 +1,27 @@
 """HTTP API and web page: ``create_app()`` builds the FastAPI application that ``hmer serve`` runs.
 
-Routes: ``POST /v1/recognize`` (an image as multipart ``file`` or a raw ``image/*`` body, or pen
-strokes as JSON), ``GET /v1/models``, ``GET /healthz``, the drawing page at ``/`` and offline
-OpenAPI docs at ``/docs``. Every error is a JSON object ``{"detail": message, "code": code}``;
-nothing about the server's internals is ever sent to a client.
+Routes: ``POST /v1/recognize`` (an image or an InkML file as multipart ``file`` or as a raw
+``image/*`` / ``application/inkml+xml`` body, or pen strokes as JSON), ``GET /v1/models``,
+``GET /healthz``, the drawing page at ``/`` and offline OpenAPI docs at ``/docs``. Every error is a
+JSON object ``{"detail": message, "code": code}``; nothing about the server's internals is ever
+sent to a client.
+
+Every request's work is bounded (see :class:`Limits`): inputs are capped and reduced to the sizes
+training used, recognition has a deadline, at most ``max_concurrency`` run at once behind a short
+queue (more get 503 with ``Retry-After``), and a request whose client hangs up stops its work.
+Requests must name this server in ``Host`` and, from a browser, come from its own page
+(:class:`hmer.interfaces.guard.SameOriginMiddleware`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +36,21 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hmer
-from hmer.data.images import ImageError
-from hmer.data.inkml import InkMLError
+from hmer.data.images import FORMATS, ImageError
+from hmer.data.inkml import InkMLError, parse_inkml
+from hmer.decoding import DecodingTimeout
+from hmer.interfaces.guard import LOOPBACK_HOSTS, CancellableDeadline, Gate, SameOriginMiddleware
 
 log = logging.getLogger("hmer.api")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 VENDOR = "/static/vendor"
 IMAGE_TYPES = ("image/", "application/octet-stream")
+INKML_TYPES = ("application/inkml+xml", "application/xml", "text/xml")
 STYLE_HELP = "LaTeX output: 'latex' compact, x^{2} (default); 'tokens' the token form, x ^ { 2 }"
 
 
@@ -48,14 +59,17 @@ class Limits:
     """What one request may ask of the server; larger inputs get a 4xx answer."""
 
     max_upload_bytes: int = 10 * 1024 * 1024  # whole request body
+    max_json_bytes: int = 4 * 1024 * 1024  # a JSON strokes body (50,000 [x, y, t] points fit)
     max_pixels: int = 25_000_000  # decoded image width x height
-    max_strokes: int = 500
+    max_strokes: int = 500  # drawn strokes or InkML traces
     max_points: int = 50_000  # over all strokes
     max_coordinate: float = 1e6  # |x|, |y| of a pen point
     max_resampled: int = 20_000  # points a stroke model would see after resampling
     max_beam: int = 20
     max_concurrency: int = max(1, min(4, os.cpu_count() or 1))  # inputs processed at once
-    max_pending: int = 32  # requests waiting or running; more get 503
+    max_pending: int = 32  # requests waiting or running; more get 503 at once
+    queue_timeout_s: float = 5.0  # longest wait for a free worker; then 503 with Retry-After
+    timeout_s: float = 3.0  # recognition time of one request; past it 503 "timeout"
 
 
 class ApiError(Exception):
@@ -238,7 +252,7 @@ def check_pixels(data: bytes, limits: Limits) -> None:
     Unreadable data passes: the image reader reports it with a clear message.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             w, h = img.size
     except Image.DecompressionBombError as exc:
         raise ApiError(413, "too_many_pixels", "image has too many pixels") from exc
@@ -319,13 +333,16 @@ def create_app(
     recognizers: dict | None = None,
     limits: Limits | None = None,
     defaults: dict[str, str | None] | None = None,
+    allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS,
 ) -> FastAPI:
     """Build the application.
 
     ``recognizers`` maps names to :class:`hmer.recognize.Recognizer` objects (default: the shipped
     models). ``defaults`` may name the model for "image" uploads and for drawn "strokes"; by
     default the first image model reads uploads and strokes go to the first stroke model, else to
-    the image model (which renders them).
+    the image model (which renders them). ``allowed_hosts`` are the host names a request's
+    ``Host`` header may give (default: this machine's loopback names; ``None``: any).
+    ``app.state.stop_work()`` calls off all running work and refuses new work (shutdown).
     """
     limits = limits or Limits()
     recs = dict(recognizers) if recognizers is not None else load_default_recognizers()
@@ -347,8 +364,17 @@ def create_app(
     app.state.defaults = chosen
     app.state.limits = limits
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_upload_bytes)
-    gate = threading.BoundedSemaphore(limits.max_concurrency)
-    pending = [0]
+    app.add_middleware(SameOriginMiddleware, allowed_hosts=allowed_hosts)  # outermost: first
+    gate = Gate(limits.max_concurrency, limits.max_pending)
+    active: set[CancellableDeadline] = set()
+    stopping = [False]
+
+    def stop_work() -> None:
+        stopping[0] = True
+        for deadline in list(active):
+            deadline.cancel()
+
+    app.state.stop_work = stop_work
 
     # -- errors: always JSON, never a traceback ---------------------------------------------------
     def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -386,8 +412,16 @@ def create_app(
     # -- routes --------------------------------------------------------------------------------
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict:
-        """Liveness: the server answers and its models are loaded."""
-        return {"status": "ok", "models": len(recs)}
+        """Liveness and load: "ok" when a request would start at once, "busy" when every worker
+        is taken (requests then wait, up to a limit, or get 503)."""
+        busy = gate.running >= gate.capacity or gate.waiting > 0
+        return {
+            "status": "stopping" if stopping[0] else "busy" if busy else "ok",
+            "models": len(recs),
+            "running": gate.running,
+            "waiting": gate.waiting,
+            "capacity": gate.capacity,
+        }
 
     @app.get("/v1/models", response_model=ModelsResponse, tags=["recognition"])
     async def models() -> dict:
@@ -416,27 +450,80 @@ def create_app(
             raise ApiError(422, "no_model", f"no model for {kind} input is loaded")
         return recs[chosen[kind]]
 
-    async def run(fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` in a worker thread, at most ``max_concurrency`` at once; 503 when full."""
-        if pending[0] >= limits.max_pending:
-            raise ApiError(503, "busy", "server busy, retry shortly", {"retry-after": "1"})
-        pending[0] += 1
+    def busy(message: str = "server busy, retry shortly") -> ApiError:
+        return ApiError(503, "busy", message, {"retry-after": "1"})
 
-        def gated() -> Any:
-            with gate:
-                return fn()
+    async def run(request: Request, fn: Callable[[CancellableDeadline], Any]) -> Any:
+        """Run ``fn(deadline)`` in a worker thread once the gate admits it; the deadline is
+        ``timeout_s`` away and is called off when the client disconnects or the server stops."""
+        if stopping[0]:
+            raise busy("server shutting down")
+        if not await gate.acquire(limits.queue_timeout_s):
+            raise busy()
+        deadline = CancellableDeadline(time.monotonic() + limits.timeout_s)
+        active.add(deadline)
+        task = asyncio.ensure_future(run_in_threadpool(fn, deadline))
 
+        def finished(_: asyncio.Future) -> None:  # the slot is free only once the thread is
+            active.discard(deadline)
+            gate.release()
+
+        task.add_done_callback(finished)
         try:
-            return await run_in_threadpool(gated)
-        finally:
-            pending[0] -= 1
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.2)
+                if not task.done() and await request.is_disconnected():
+                    deadline.cancel()  # nobody waits for the answer: stop at the next step
+                    break
+            return await task
+        except DecodingTimeout as exc:
+            if deadline.cancelled:
+                raise busy("recognition stopped (client gone or server stopping)") from exc
+            raise ApiError(
+                503,
+                "timeout",
+                f"recognition took longer than {limits.timeout_s:g} s and was stopped; "
+                "a smaller beam (beam=1 is fastest) or a simpler input may fit",
+            ) from exc
+        except asyncio.CancelledError:
+            deadline.cancel()
+            raise
+
+    def check_ink(rec, traces: list) -> None:
+        if len(traces) > limits.max_strokes:
+            raise ApiError(
+                422, "too_many_strokes", f"too many strokes: {len(traces)} > {limits.max_strokes}"
+            )
+        if sum(len(t) for t in traces) > limits.max_points:
+            raise ApiError(
+                422, "too_many_points", f"too many points: more than {limits.max_points}"
+            )
+        if rec.input_kind == "strokes" and resampled_length(traces) > limits.max_resampled:
+            raise ApiError(
+                422, "too_many_points", "drawing too long or too spread out for the stroke model"
+            )
+
+    def image_work(rec, data: bytes, source: str, beam: int | None) -> Callable:
+        def work(deadline: CancellableDeadline):
+            check_pixels(data, limits)
+            return rec.recognize_image(data, source, beam, deadline=deadline)
+
+        return work
+
+    def inkml_work(rec, data: bytes, source: str, beam: int | None) -> Callable:
+        def work(deadline: CancellableDeadline):
+            ink = parse_inkml(data, source)
+            check_ink(rec, ink.traces)
+            return rec.recognize_ink(ink, beam, deadline=deadline)
+
+        return work
 
     @app.post(
         "/v1/recognize",
         response_model=RecognizeResponse,
         tags=["recognition"],
         openapi_extra=_RECOGNIZE_BODY,
-        responses={s: {"model": ErrorResponse} for s in (400, 413, 415, 422, 500, 503)},
+        responses={s: {"model": ErrorResponse} for s in (400, 403, 413, 415, 422, 500, 503)},
     )
     async def recognize(
         request: Request,
@@ -444,67 +531,27 @@ def create_app(
         beam: int | None = Query(None, ge=1, le=limits.max_beam, description="beam width"),
         style: str | None = Query(None, description=STYLE_HELP),
     ) -> dict:
-        """Recognize an image (multipart field ``file``, or a raw ``image/*`` body) or pen strokes
-        (JSON ``{"strokes": [[[x, y], ...], ...]}``). ``model``, ``beam`` and ``style`` may also be
-        given in the JSON body or as form fields."""
+        """Recognize an image or InkML file (multipart field ``file``, or a raw ``image/*`` or
+        ``application/inkml+xml`` body) or pen strokes (JSON ``{"strokes": [[[x, y], ...], ...]}``).
+        ``model``, ``beam`` and ``style`` may also be given in the JSON body or as form fields."""
         t0 = time.perf_counter()
-        mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if mtype == "application/json" or mtype.endswith("+json"):
-            payload = _load_json(await request.body())
-            model = _str_field(payload.get("model", model), "model")
-            beam = _beam(payload.get("beam", beam), limits)
-            style = payload.get("style", style)
-            traces = parse_strokes(payload.get("strokes"), limits)
-            rec = pick(model, "strokes")
-
-            def work():
-                if rec.input_kind == "strokes" and resampled_length(traces) > limits.max_resampled:
-                    raise ApiError(
-                        422,
-                        "too_many_points",
-                        "drawing too long or too spread out for the stroke model",
-                    )
-                return rec.recognize_strokes(traces, beam)
-
-        elif mtype == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=8)
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
-            data = await upload.read()
-            model = _str_field(form.get("model", model), "model")
-            beam = _beam(form.get("beam", beam), limits)
-            style = form.get("style", style)
-            source = upload.filename or "upload"
-            rec = pick(model, "image")
-
-            def work():
-                check_pixels(data, limits)
-                return rec.recognize_image(data, source, beam)
-
-        elif mtype.startswith(IMAGE_TYPES):
-            data = await request.body()
-            rec = pick(model, "image")
-
-            def work():
-                check_pixels(data, limits)
-                return rec.recognize_image(data, "upload", beam)
-
-        else:
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                "send multipart/form-data with a 'file', an image/* body, or "
-                "application/json strokes",
-            )
-        style = _style(style)
+        if gate.full():  # refused before the body is even read
+            raise busy()
         try:
-            result = await run(work)
+            result, style_ = await _recognize(request, model, beam, style)
+        except (ApiError, StarletteHTTPException, RequestValidationError, _BodyTooLarge):
+            raise
+        except ClientDisconnect as exc:  # hung up while sending: nobody reads the answer
+            raise ApiError(400, "client_disconnected", "the client disconnected") from exc
         except (ImageError, InkMLError) as exc:
             raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
-        alts = [{"latex": a.latex_as(style), "score": a.score} for a in result.alternatives]
+        except Exception as exc:  # noqa: BLE001
+            # Answered here, not by the generic handler, which would also drop the connection.
+            log.error("internal error on POST /v1/recognize", exc_info=exc)
+            raise ApiError(500, "internal_error", "internal server error") from exc
+        alts = [{"latex": a.latex_as(style_), "score": a.score} for a in result.alternatives]
         return {
-            "latex": result.latex_as(style),
+            "latex": result.latex_as(style_),
             "tokens": result.tokens,
             "score": result.score,
             "alternatives": alts,
@@ -512,6 +559,58 @@ def create_app(
             "time_ms": result.time_ms,
             "total_ms": round((time.perf_counter() - t0) * 1000, 1),
         }
+
+    async def _recognize(request: Request, model, beam, style) -> tuple[Any, str]:
+        mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if mtype == "application/json" or mtype.endswith("+json"):
+            body = await _read_body(request, limits.max_json_bytes)
+            # Each point is a list: count them before any parsing work grows with them.
+            if body.count(b"[") > limits.max_points + limits.max_strokes + 1:
+                raise ApiError(
+                    422, "too_many_points", f"too many points: more than {limits.max_points}"
+                )
+
+            def work(deadline: CancellableDeadline):
+                # Parsed and checked in the worker, off the event loop.
+                payload = _load_json(body)
+                name = _str_field(payload.get("model", model), "model")
+                width = _beam(payload.get("beam", beam), limits)
+                chosen_style = _style(payload.get("style", style))
+                traces = parse_strokes(payload.get("strokes"), limits)
+                rec = pick(name, "strokes")
+                check_ink(rec, traces)
+                return rec.recognize_strokes(traces, width, deadline=deadline), chosen_style
+
+            return await run(request, work)
+        if mtype == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=8)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
+            data = await upload.read()
+            name = _str_field(form.get("model", model), "model")
+            width = _beam(form.get("beam", beam), limits)
+            chosen_style = _style(form.get("style", style))
+            source = upload.filename or "upload"
+            if _is_inkml(data, upload.filename, upload.content_type):
+                work = inkml_work(pick(name, "strokes"), data, source, width)
+            else:
+                work = image_work(pick(name, "image"), data, source, width)
+        elif mtype in INKML_TYPES or mtype.startswith(IMAGE_TYPES):
+            data = await request.body()
+            chosen_style = _style(style)
+            if mtype in INKML_TYPES or (mtype == "application/octet-stream" and _is_inkml(data)):
+                work = inkml_work(pick(model, "strokes"), data, "upload.inkml", beam)
+            else:
+                work = image_work(pick(model, "image"), data, "upload", beam)
+        else:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send multipart/form-data with a 'file', an image/* or application/inkml+xml "
+                "body, or application/json strokes",
+            )
+        return await run(request, work), chosen_style
 
     # -- page and docs -------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -541,6 +640,34 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_large = ApiError(413, "too_large", f"JSON body larger than {limit / (1024 * 1024):g} MB")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_inkml(data: bytes, filename: str | None = None, ctype: str | None = None) -> bool:
+    """Whether an upload is InkML: by name, by declared type, or because it starts like XML
+    (no supported image format starts with ``<``, in UTF-8 or UTF-16)."""
+    if filename and filename.lower().endswith(".inkml"):
+        return True
+    if ctype and ctype.split(";")[0].strip().lower() in INKML_TYPES:
+        return True
+    head = data[:256]
+    for bom in (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"):
+        head = head.removeprefix(bom)
+    return head.replace(b"\x00", b"").lstrip().startswith(b"<")
 
 
 def _load_json(body: bytes) -> dict:

@@ -40,6 +40,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="torch threads per recognition (default: CPU cores / workers)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        help="seconds one recognition may take; past it the request gets 503 (default 3)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients may use in the Host header besides the bound address "
+        "(repeatable; '*' allows any). Default: the bound address, and the loopback names when "
+        "it is a loopback address",
+    )
     p.set_defaults(func=run)
 
 
@@ -73,6 +88,31 @@ def _load(args: argparse.Namespace) -> dict:
     return recs
 
 
+def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """Host names the server answers to when bound to ``host`` (None: any).
+
+    On a loopback address only the loopback names: a web page whose domain resolves to
+    127.0.0.1 (DNS rebinding) is refused. On a wildcard address (0.0.0.0, ::) the names clients
+    use cannot be known, so any is allowed unless ``extra`` lists them.
+    """
+    import ipaddress
+
+    from hmer.interfaces.guard import LOOPBACK_HOSTS
+
+    if "*" in extra:
+        return None
+    names = [host, *extra]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return [*names, *LOOPBACK_HOSTS] if host == "localhost" else names
+    if ip.is_loopback:
+        return [*names, *LOOPBACK_HOSTS]
+    if ip.is_unspecified:
+        return names if extra else None
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -88,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hmer.weights import WeightsError
 
-    if args.max_upload_mb <= 0:
-        print("--max-upload-mb must be positive", file=sys.stderr)
+    if args.max_upload_mb <= 0 or args.timeout <= 0:
+        print("--max-upload-mb and --timeout must be positive", file=sys.stderr)
         return 2
     try:
         recs = _load(args)
@@ -102,9 +142,28 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     workers = max(1, args.workers or min(4, cores))
     torch.set_num_threads(max(1, args.threads or cores // workers))
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_concurrency=workers)
-    app = create_app(recs, limits)
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_concurrency=workers,
+        timeout_s=args.timeout,
+    )
+    app = create_app(recs, limits, allowed_hosts=allowed_hosts(args.host, args.allow_host))
     names = ", ".join(f"{n} ({r.input_kind})" for n, r in recs.items())
     print(f"hmer: serving {names} on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Running recognitions stop at their next step instead of finishing first.
+            app.state.stop_work()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,  # then open connections are dropped
+        limit_concurrency=4 * limits.max_pending,  # connections beyond get 503 from uvicorn
+    )
+    Server(config).run()
     return 0
