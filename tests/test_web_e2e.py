@@ -217,3 +217,296 @@ def test_api_docs_work_offline(browser, server):
         assert outside == []
     finally:
         context.close()
+
+
+# -- what people who use Mathpix Snip or MyScript expect (issue 15) ------------------------------
+INK_BOX = """() => {
+  const c = document.getElementById('pad');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let x0 = Infinity, x1 = -1, y0 = Infinity, y1 = -1, n = 0;
+  for (let i = 3; i < d.length; i += 4) {
+    if (d[i] < 128) continue;
+    const p = (i - 3) / 4, x = p % c.width, y = Math.floor(p / c.width);
+    n++; x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+  }
+  return {n, x0, x1, y0, y1, w: c.width, h: c.height};
+}"""
+
+
+def answer(page, strokes: int | None = None):
+    """Expect the next answer from /v1/recognize (to a drawing of ``strokes`` strokes)."""
+
+    def wanted(r) -> bool:
+        if not r.url.endswith("/v1/recognize"):
+            return False
+        return strokes is None or len(r.request.post_data_json["strokes"]) == strokes
+
+    return page.expect_response(wanted)
+
+
+def assert_all_ink_in_sight(box: dict, span: str, share: float) -> None:
+    """The ink lies inside the canvas, not against a clipped edge, and spans ``share`` of it."""
+    assert box["n"] > 0
+    assert box["x0"] > 0 and box["x1"] < box["w"] - 1 and box["y0"] > 0 and box["y1"] < box["h"] - 1
+    lo, hi, full = (
+        (box["x0"], box["x1"], box["w"]) if span == "x" else (box["y0"], box["y1"], box["h"])
+    )
+    assert hi - lo >= share * full, box
+
+
+def test_resizing_the_window_or_rotating_a_phone_keeps_all_ink_in_sight(browser, server):
+    context, page, problems = open_page(browser, server, viewport={"width": 1280, "height": 800})
+    try:
+        with answer(page, 2):
+            draw(page, [[(0.03, 0.3), (0.06, 0.7)], [(0.93, 0.3), (0.97, 0.7)]])
+        before = page.evaluate(INK_BOX)
+        assert_all_ink_in_sight(before, "x", 0.9)
+        page.set_viewport_size({"width": 640, "height": 800})  # the far stroke was off-canvas
+        page.wait_for_function(f"() => document.getElementById('pad').width < {before['w']}")
+        assert_all_ink_in_sight(page.evaluate(INK_BOX), "x", 0.85)
+        page.set_viewport_size({"width": 1280, "height": 800})  # back: drawn where it was
+        page.wait_for_function(f"() => document.getElementById('pad').width == {before['w']}")
+        assert page.evaluate(INK_BOX) == before
+        assert problems == [], problems
+    finally:
+        context.close()
+
+    phone = {"device_scale_factor": 2, "has_touch": True, "is_mobile": True}
+    context, page, problems = open_page(
+        browser, server, viewport={"width": 390, "height": 844}, **phone
+    )
+    try:
+        with answer(page, 2):
+            touch_draw(page, [[(0.5, 0.04), (0.5, 0.96)], [(0.3, 0.5), (0.7, 0.5)]])
+        portrait = page.evaluate(INK_BOX)
+        page.set_viewport_size({"width": 844, "height": 390})  # on its side
+        page.wait_for_function(
+            "([w, h]) => document.getElementById('pad').width !== w "
+            "&& document.getElementById('pad').height !== h",
+            arg=[portrait["w"], portrait["h"]],
+        )
+        pad = page.locator("#pad").bounding_box()
+        assert pad["height"] >= 0.75 * 390  # not a sliver: most of the screen's height
+        assert pad["y"] + pad["height"] <= 390  # and all of it on screen
+        assert_all_ink_in_sight(page.evaluate(INK_BOX), "y", 0.85)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 844
+        assert problems == [], problems
+    finally:
+        context.close()
+
+
+def test_a_refused_file_clears_the_previous_result(browser, server, tmp_path):
+    context, page, problems = open_page(browser, server, viewport={"width": 1100, "height": 800})
+    try:
+        image = tmp_path / "expr.png"
+        image.write_bytes(png_bytes())
+        with answer(page):
+            page.set_input_files("#file", str(image))
+        page.wait_for_function(RESULT_SHOWN, timeout=30_000)
+        assert page.input_value("#latex") and page.locator("#alts li").count() == 2
+        assert page.evaluate(INK_BOX)["n"] > 0  # the picture is on the pad
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not an image")
+        page.set_input_files("#file", str(notes))
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('not an image')"
+        )
+        assert page.input_value("#latex") == ""
+        assert (
+            page.locator("#alts li").count() == 0 and not page.locator("#alts-title").is_visible()
+        )
+        assert page.locator("#render .katex").count() == 0
+        assert page.evaluate(INK_BOX)["n"] == 0 and page.locator("#hint").is_visible()
+        assert page.locator("#status.error").is_visible()
+        assert problems == [], problems
+    finally:
+        context.close()
+
+
+def test_edits_survive_new_strokes_and_undo_until_recognize(browser, server):
+    context, page, problems = open_page(browser, server, viewport={"width": 1100, "height": 800})
+    try:
+        with answer(page, 4):
+            draw(page, EXPRESSION[:4])
+        page.wait_for_function(RESULT_SHOWN, timeout=30_000)
+        assert page.locator("#alts button.chosen").count() == 1
+        page.fill("#latex", r"x+1=2")
+        assert page.locator("#alts button.chosen").count() == 0  # the edit is no alternative
+        with answer(page, 5) as got:
+            draw(page, EXPRESSION[4:5])
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('kept')"
+        )
+        assert got.value.json()["latex"] != "x+1=2"
+        assert page.input_value("#latex") == "x+1=2"
+        assert page.locator("#alts button.chosen").count() == 0
+        # Ctrl+Z after drawing undoes the stroke (focus left the LaTeX box), not the typing.
+        with answer(page, 4):
+            page.keyboard.press("Control+z")
+        assert page.input_value("#latex") == "x+1=2"
+        # Ctrl+Z in the LaTeX box is text undo only: no stroke goes, no request is made.
+        requests: list[str] = []
+        page.on("request", lambda r: r.url.endswith("/v1/recognize") and requests.append(r.url))
+        page.click("#latex")
+        page.keyboard.press("End")
+        page.keyboard.insert_text("+y")
+        assert page.input_value("#latex") == "x+1=2+y"
+        page.keyboard.press("Control+z")
+        assert page.input_value("#latex") == "x+1=2"
+        page.wait_for_timeout(600)
+        assert requests == [] and page.locator("#redo").is_enabled()  # the undone stroke waits
+        # Recognize asks for a new reading: it replaces the edit.
+        with answer(page) as got:
+            page.click("#recognize")
+        latex = got.value.json()["latex"]
+        page.wait_for_function(f"() => document.getElementById('latex').value === {latex!r}")
+        assert page.locator("#alts button.chosen").count() == 1
+        assert problems == [], problems
+    finally:
+        context.close()
+
+
+CONTRAST = """() => {
+  const lum = (c) => {
+    const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map((v) => {
+      v = Number(v) / 255;
+      return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = getComputedStyle(el).backgroundColor;
+      if (!/rgba\\(.*, 0\\)$/.test(c) && c !== 'transparent') return c;
+    }
+    return 'rgb(255, 255, 255)';
+  };
+  const ratio = (fg, bg) => {
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    return (a + 0.05) / (b + 0.05);
+  };
+  const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.checkVisibility() || el.closest('.katex, button:disabled')) continue;
+    out.push([el.tagName + '#' + el.id + '.' + el.className, el.textContent.trim().slice(0, 30),
+              ratio(getComputedStyle(el).color, background(el))]);
+  }
+  for (const sel of ['#latex', '.render .placeholder']) {
+    const el = document.querySelector(sel);
+    if (!el) continue;
+    const pseudo = sel === '#latex' ? '::placeholder' : null;
+    out.push([sel, 'placeholder', ratio(getComputedStyle(el, pseudo).color, background(el))]);
+  }
+  return out;
+}"""
+
+
+def test_keyboard_reaches_upload_and_text_meets_contrast(browser, server, tmp_path):
+    context, page, problems = open_page(browser, server, viewport={"width": 1100, "height": 800})
+    # Listening early: Playwright turns on file chooser interception without waiting for it.
+    choosers: list = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
+    try:
+        low = [c for c in page.evaluate(CONTRAST) if c[2] < 4.5]
+        assert low == [], low
+        assert {c[0] for c in page.evaluate(CONTRAST)} >= {"P#hint.hint", "#latex"}
+        focused = []
+        for _ in range(12):
+            page.keyboard.press("Tab")
+            focused.append(page.evaluate("() => document.activeElement.id"))
+            if focused[-1] == "upload":
+                break
+        assert focused[-1] == "upload", focused
+        image = tmp_path / "expr.png"
+        image.write_bytes(png_bytes())
+        page.keyboard.press("Enter")
+        for _ in range(100):
+            if choosers:
+                break
+            page.wait_for_timeout(50)
+        assert choosers, "Enter on Upload opened no file chooser"
+        with answer(page):
+            choosers[0].set_files(str(image))
+        page.wait_for_function(RESULT_SHOWN, timeout=30_000)
+        # With a result: the status line, alternatives (one highlighted) and history.
+        measured = page.evaluate(CONTRAST)
+        assert {c[0] for c in measured} >= {"SPAN#.conf", "P#status.status", "SPAN#.when"}
+        low = [c for c in measured if c[2] < 4.5]
+        assert low == [], low
+        assert problems == [], problems
+    finally:
+        context.close()
+
+
+def test_copy_formats_eraser_redo_and_history(browser, server):
+    context, page, problems = open_page(
+        browser,
+        server,
+        viewport={"width": 1100, "height": 800},
+        permissions=["clipboard-read", "clipboard-write"],
+    )
+    clipboard = "() => navigator.clipboard.readText()"
+    try:
+        with answer(page, 5):
+            draw(page, EXPRESSION[:5])
+        page.wait_for_function(RESULT_SHOWN, timeout=30_000)
+        latex = page.input_value("#latex")
+        page.click("#copy")
+        assert page.evaluate(clipboard) == latex
+        page.click("#copy-inline")
+        assert page.evaluate(clipboard) == f"${latex}$"
+        page.click("#copy-mathml")
+        mathml = page.evaluate(clipboard)
+        assert mathml.startswith("<math") and mathml.endswith("</math>")
+        assert '<annotation encoding="application/x-tex">' in mathml and "<mrow>" in mathml
+
+        # The eraser takes away the strokes it touches: here the "1" (stroke 5).
+        page.click("#eraser")
+        with answer(page, 4):
+            draw(page, [[(0.44, 0.30), (0.44, 0.70)]])
+        assert page.evaluate(INK_BOX)["n"] > 0
+        with answer(page, 5) as got:
+            page.keyboard.press("Control+z")  # the "1" comes back
+        assert got.value.request.post_data_json["strokes"][4][0][:2] == [
+            pytest.approx(0.42 * page.locator("#pad").bounding_box()["width"], abs=1),
+            pytest.approx(0.42 * page.locator("#pad").bounding_box()["height"], abs=1),
+        ]
+        with answer(page, 4):
+            page.keyboard.press("Control+Shift+z")  # and goes again
+        # A pen's eraser end (button 5) erases too, whatever tool is chosen.
+        page.keyboard.press("p")
+        box = page.locator("#pad").bounding_box()
+        with answer(page, 3) as got:  # the "+"'s upright went
+            page.evaluate(
+                """([x, y, h]) => {
+                  const c = document.getElementById('pad');
+                  const at = (type, yy, buttons) => c.dispatchEvent(new PointerEvent(type, {
+                    pointerId: 9, pointerType: 'pen', button: type === 'pointermove' ? -1 : 5,
+                    buttons, clientX: x, clientY: yy, bubbles: true, cancelable: true}));
+                  at('pointerdown', y, 32);
+                  for (let k = 1; k <= 10; k++) at('pointermove', y + k * h / 10, 32);
+                  at('pointerup', y + h, 0);
+                }""",
+                [
+                    box["x"] + 0.31 * box["width"],
+                    box["y"] + 0.36 * box["height"],
+                    0.08 * box["height"],
+                ],
+            )
+        last = got.value.json()["latex"]
+        page.wait_for_function(f"() => document.getElementById('latex').value === {last!r}")
+
+        # Recent results are kept in the browser, one per drawing, and survive a reload.
+        page.click("#clear")
+        page.reload()
+        page.wait_for_function("() => window.katex !== undefined")
+        entries = page.locator("#history button")
+        assert entries.count() == 1
+        entries.first.click()
+        assert page.input_value("#latex") == last
+        page.click("#history-clear")
+        assert page.locator("#history button").count() == 0
+        assert problems == [], problems
+    finally:
+        context.close()
