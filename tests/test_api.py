@@ -664,3 +664,28 @@ def test_an_internal_error_keeps_the_connection_open():
             assert status == 500 and json.loads(body)["code"] == "internal_error"
             status, _ = _http_exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert status == 200  # the same connection still serves
+
+
+def test_stopping_calls_off_running_work_and_turns_the_queue_away():
+    rec = Blocking()
+    limits = Limits(max_concurrency=1, max_pending=4, queue_timeout_s=30, timeout_s=60)
+    app = create_app({"blocking": rec}, limits)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            running = asyncio.ensure_future(c.post("/v1/recognize", json={"strokes": STROKES}))
+            while not rec.started.is_set():
+                await asyncio.sleep(0.01)
+            queued = asyncio.ensure_future(c.post("/v1/recognize", json={"strokes": STROKES}))
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            app.state.stop_work()  # what SIGTERM does in hmer serve
+            answers = await asyncio.gather(running, queued)
+            return answers, time.monotonic() - t0, (await c.get("/healthz")).json()
+
+    (running, queued), took, health = asyncio.run(scenario())
+    assert "stopped" in error_of(running, 503, "busy")
+    assert "shutting down" in error_of(queued, 503, "busy")
+    assert took < 10 and rec.stopped.is_set()  # not the 60 s deadline nor the 30 s queue wait
+    assert health["status"] == "stopping"

@@ -371,6 +371,7 @@ def create_app(
 
     def stop_work() -> None:
         stopping[0] = True
+        gate.close()  # queued requests get 503 now
         for deadline in list(active):
             deadline.cancel()
 
@@ -459,7 +460,7 @@ def create_app(
         if stopping[0]:
             raise busy("server shutting down")
         if not await gate.acquire(limits.queue_timeout_s):
-            raise busy()
+            raise busy("server shutting down" if stopping[0] else "server busy, retry shortly")
         deadline = CancellableDeadline(time.monotonic() + limits.timeout_s)
         active.add(deadline)
         task = asyncio.ensure_future(run_in_threadpool(fn, deadline))

@@ -113,9 +113,35 @@ def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
     return names
 
 
+def serve_app(app, host: str, port: int, limit_concurrency: int | None = None) -> None:
+    """Run ``app`` (from ``create_app``) with uvicorn until SIGINT or SIGTERM.
+
+    On the signal, running recognitions are called off (they stop at their next step), queued
+    ones get 503, and connections still open after 2 s are dropped: the server exits within
+    seconds whatever it was doing. ``limit_concurrency`` caps connections (uvicorn answers 503
+    beyond).
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.stop_work()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        limit_concurrency=limit_concurrency,
+    )
+    Server(config).run()
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - the server extras are installed
 
         from hmer.interfaces.api import Limits, create_app
     except ImportError as exc:
@@ -151,19 +177,5 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(f"{n} ({r.input_kind})" for n, r in recs.items())
     print(f"hmer: serving {names} on http://{args.host}:{args.port}/", file=sys.stderr)
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            # Running recognitions stop at their next step instead of finishing first.
-            app.state.stop_work()
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        timeout_graceful_shutdown=2,  # then open connections are dropped
-        limit_concurrency=4 * limits.max_pending,  # connections beyond get 503 from uvicorn
-    )
-    Server(config).run()
+    serve_app(app, args.host, args.port, limit_concurrency=4 * limits.max_pending)
     return 0

@@ -67,6 +67,7 @@ class Gate:
         self.capacity = max(1, capacity)
         self.max_pending = max(0, max_pending)
         self.running = 0
+        self.closed = False
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     @property
@@ -78,8 +79,9 @@ class Gate:
         return self.running + self.waiting >= self.max_pending
 
     async def acquire(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a slot; False when none came (or the gate is full)."""
-        if self.full():
+        """Wait up to ``timeout`` seconds for a slot; False when none came, the gate is full or
+        it was closed."""
+        if self.closed or self.full():
             return False
         if self.running < self.capacity and not self.waiting:
             self.running += 1
@@ -87,8 +89,7 @@ class Gate:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-            return True
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             return self._give_up(fut)
         except asyncio.CancelledError:
@@ -102,14 +103,22 @@ class Gate:
     def _give_up(self, fut: asyncio.Future) -> bool:
         """Stop waiting on ``fut``; True if a slot was granted to it meanwhile (then it is held)."""
         if fut.done() and not fut.cancelled():
-            return True
+            return fut.result()
         fut.cancel()
         return False
+
+    def close(self) -> None:
+        """Admit nothing more: every waiter is turned away now (server shutting down)."""
+        self.closed = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(False)
 
     def release(self) -> None:
         """Free a slot and hand it to the first waiter still waiting."""
         self.running -= 1
-        while self._waiters:
+        while self._waiters and not self.closed:
             fut = self._waiters.popleft()
             if not fut.done():
                 self.running += 1
