@@ -5,7 +5,8 @@ styles that other tools and the published datasets use: binary white-on-black at
 (like the official test bitmaps), whole expressions ~100 px high in either polarity, thin and
 thick strokes, and a photo-like page (grey gradient paper, noise, JPEG). Each bitmap then goes
 through the same path as ``hmer recognize photo.png`` (polarity detection, background
-flattening, rescaling), so the table measures what a user with such images would get.
+flattening, rescaling), so the table measures what a user with such images would get; the
+milliseconds include that preparation (not the drawing), as in ``hmer evaluate``.
 
     python benchmarks/robustness.py                       # shipped image model, greedy, all 986
     python benchmarks/robustness.py --beam 10 --limit 300 --model runs/x/best.pt
@@ -25,8 +26,9 @@ from PIL import Image, ImageDraw
 
 from hmer.data.dataset import load_cached
 from hmer.data.render import ink_symbol_size
-from hmer.evaluation.metrics import exprate
+from hmer.evaluation.evaluate import evaluate
 from hmer.recognize import Recognizer
+from hmer.weights import load_any
 
 
 @dataclass
@@ -155,14 +157,7 @@ def main() -> None:
         write_test_images(samples, Path(args.write))
         return
 
-    if args.model and args.model.endswith(".pt"):
-        from hmer.interfaces.cli_model import load_any
-
-        model, vocab, name = load_any(args.model)
-        rec = Recognizer(model, vocab, name)
-    else:
-        rec = Recognizer.load(args.model)
-    truths = [s.tokens for s in samples]
+    rec = Recognizer(*load_any(args.model))
     rows = [
         f"model `{rec.name}`, beam {args.beam}, {len(samples)} CROHME 2014 test expressions",
         "",
@@ -173,19 +168,15 @@ def main() -> None:
     styles: list[Style | None] = [None, *STYLES]
     for style in styles:
         rng = np.random.default_rng(0)
-        preds, times = [], []
-        for s in samples:
-            if style is None:
-                r = rec.recognize_strokes([t.tolist() for t in s.traces], args.beam)
-            else:
-                r = rec.recognize_image(draw(s.traces, style, rng), s.id, args.beam)
-            preds.append(r.tokens)
-            times.append(r.time_ms)
-        m = exprate(preds, truths)
+        drawn = None
+        if style is not None:
+            drawn = lambda s, style=style, rng=rng: draw(s.traces, style, rng)  # noqa: E731
+        m = evaluate(rec, samples, args.beam, draw=drawn)
         label = "hmer's renderer (training style; reference)" if style is None else style.name
+        rates = m.metrics
         rows.append(
-            f"| {label} | {m['exprate']:.2f} | {m['le1']:.2f} | {m['le2']:.2f} "
-            f"| {np.median(times):.0f} |"
+            f"| {label} | {rates['exprate']:.2f} | {rates['le1']:.2f} | {rates['le2']:.2f} "
+            f"| {m.latency_ms(50):.0f} |"
         )
         print(rows[-1], flush=True)
     rows.append(f"\nmeasured {time.strftime('%Y-%m-%d')}")

@@ -31,7 +31,7 @@ TINY_TRANSFORMER = {
 def tiny_config(epochs: int = 2, **train_opts) -> dict:
     cfg = {
         "model": dict(TINY_TRANSFORMER),
-        "data": {"pixels_per_batch": 2 * 64 * 256, "augment": True},
+        "data": {"pixels_per_batch": 2 * 64 * 256, "augment": True, "test": ""},
         "train": {
             "epochs": epochs,
             "lr": 3e-3,

@@ -180,9 +180,12 @@ class Recognizer:
         with self._lock, torch.inference_mode():
             hyps = recognize_batch(self.model, inputs, masks, beam=beam, deadline=deadline)[0]
         ms = (time.perf_counter() - t0) * 1000
-        return self._result(hyps, source, ms)
+        return self.postprocess(hyps, source, ms)
 
-    def _result(self, hyps: list, source: str, ms: float) -> Result:
+    def postprocess(self, hyps: list, source: str = "", ms: float = 0.0) -> Result:
+        """What a user is given for a decoded n-best list (best first): token strings, each made
+        well-formed LaTeX when it is not (and then ranked after every valid one), duplicates
+        merged. Evaluation scores this, so that it measures what users get."""
         valid, repaired, seen = [], [], set()
         for h in hyps:
             tokens = self.vocab.decode(h.ids)
@@ -235,7 +238,7 @@ class Recognizer:
         with self._lock, torch.inference_mode():
             hyps = recognize_batch(self.model, x, masks, beam=beam, deadline=deadline)
         ms = (time.perf_counter() - t0) * 1000 / len(inputs)
-        return [self._result(h, s, ms) for h, s in zip(hyps, sources, strict=True)]
+        return [self.postprocess(h, s, ms) for h, s in zip(hyps, sources, strict=True)]
 
 
 def find_inputs(paths: list[str | Path]) -> list[Path]:

@@ -98,17 +98,22 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     }
 
 
+def build_model(model_config: dict, vocab: Vocab, state: dict) -> torch.nn.Module:
+    """The model a ``[model]`` config describes (``name`` and the family's keyword arguments),
+    holding ``state``, in eval mode: the one way releases and checkpoints become models."""
+    cfg = dict(model_config)
+    model = create_model(cfg.pop("name"), len(vocab), **cfg)
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load_model(path: str | Path) -> tuple[torch.nn.Module, Vocab, dict]:
     """Build the model a release describes and load its weights (eval mode)."""
     state, meta = load_weights(path)
     if not meta["vocab"] or "name" not in meta["config"]:
         raise WeightsError(f"{path}: no model config/vocabulary in the file's metadata")
     vocab = Vocab.from_json(meta["vocab"])
-    cfg = dict(meta["config"])
-    model = create_model(cfg.pop("name"), len(vocab), **cfg)
-    model.load_state_dict(state)
-    model.eval()
-    return model, vocab, meta
+    return build_model(meta["config"], vocab, state), vocab, meta
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -133,6 +138,24 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or not {"model", "config", "vocab"} <= set(ckpt):
         raise WeightsError(f"{path}: not an hmer training checkpoint")
     return ckpt
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, Vocab, dict]:
+    """The model (eval mode) and vocabulary of a training checkpoint, and the checkpoint."""
+    ckpt = load_checkpoint(path)
+    vocab = Vocab.from_json(ckpt["vocab"])
+    return build_model(ckpt["config"]["model"], vocab, ckpt["model"]), vocab, ckpt
+
+
+def load_any(path: str | Path | None) -> tuple[torch.nn.Module, Vocab, str]:
+    """(model, vocabulary, name) from a release file, a training checkpoint (``.pt``, named by
+    its run folder) or, without a path, the shipped default image model."""
+    if path is not None and str(path).endswith(".pt"):
+        model, vocab, _ = load_checkpoint_model(path)
+        return model, vocab, Path(path).parent.name
+    p = Path(path) if path else default_weights("image")
+    model, vocab, _ = load_model(p)
+    return model, vocab, p.stem
 
 
 def default_weights(input_kind: str) -> Path:

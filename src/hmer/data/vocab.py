@@ -8,6 +8,9 @@ from pathlib import Path
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
 SPECIALS = (PAD, SOS, EOS, UNK)
+# The ids of the special tokens, the same in every vocabulary and model (the one place they are
+# defined): <pad> is also the CTC blank, and a right-to-left target starts with <eos>.
+PAD_ID, SOS_ID, EOS_ID, UNK_ID = range(len(SPECIALS))
 
 
 class Vocab:
@@ -20,10 +23,10 @@ class Vocab:
                 self.itos.append(t)
         self.stoi = {t: i for i, t in enumerate(self.itos)}
 
-    pad = property(lambda self: 0)
-    sos = property(lambda self: 1)
-    eos = property(lambda self: 2)
-    unk = property(lambda self: 3)
+    pad = property(lambda self: PAD_ID)
+    sos = property(lambda self: SOS_ID)
+    eos = property(lambda self: EOS_ID)
+    unk = property(lambda self: UNK_ID)
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -46,18 +49,6 @@ class Vocab:
                 continue
             out.append(self.itos[i])
         return out
-
-    @classmethod
-    def from_sequences(cls, sequences: Iterable[list[str]], min_count: int = 1) -> Vocab:
-        """Build from token sequences, most frequent first (ties alphabetical)."""
-        counts: dict[str, int] = {}
-        for seq in sequences:
-            for t in seq:
-                counts[t] = counts.get(t, 0) + 1
-        ranked = sorted(
-            (t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t)
-        )
-        return cls(ranked)
 
     @classmethod
     def from_dictionary(cls, path: str | Path) -> Vocab:

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -274,15 +273,17 @@ def _recognize_chunk(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hmer.training.train import apply_overrides, load_config, train
+    from hmer.training.config import ConfigError, check_model_builds, load_config
+    from hmer.training.train import train
 
     try:
-        config = apply_overrides(load_config(args.config), args.set)
-    except ValueError as e:
+        config = load_config(args.config, args.set)
+        check_model_builds(config)
+    except (ConfigError, OSError) as e:
         print(f"hmer train: {e}", file=sys.stderr)
         return 2
     if args.epochs:
-        config["train"]["epochs"] = args.epochs
+        config.train.epochs = args.epochs
     run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
     state = train(
         config,
@@ -297,35 +298,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_any(path: str | None):
-    """(model, vocab, name) from a release file, a training checkpoint, or the shipped default.
-
-    Checkpoints load tensors and plain data only; anything else raises ``WeightsError``.
-    """
-    from hmer.data.vocab import Vocab
-    from hmer.models import create_model
-    from hmer.weights import default_weights, load_checkpoint, load_model
-
-    if path and path.endswith(".pt"):
-        ckpt = load_checkpoint(path)
-        cfg = dict(ckpt["config"]["model"])
-        vocab = Vocab.from_json(ckpt["vocab"])
-        model = create_model(cfg.pop("name"), len(vocab), **cfg)
-        model.load_state_dict(ckpt["model"])
-        return model.eval(), vocab, Path(path).parent.name
-    p = Path(path) if path else default_weights("image")
-    model, vocab, _ = load_model(p)
-    return model, vocab, p.stem
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from hmer.data.dataset import load_cached
-    from hmer.data.inkml import Ink
-    from hmer.evaluation.metrics import score
+    from hmer.evaluation.evaluate import evaluate
     from hmer.recognize import Recognizer
-    from hmer.weights import WeightsError
+    from hmer.weights import WeightsError, load_any
 
     try:
         model, vocab, name = load_any(args.model)
@@ -334,19 +311,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
     samples = load_cached(args.split).samples[: args.limit]
-    preds, truths, rows, times = {}, {}, [], []
-    for s in samples:
-        t0 = time.perf_counter()  # rendering included, as a user of recognize waits for it
-        result = rec.recognize_ink(Ink(s.traces, source=s.id), beam=args.beam)
-        times.append(time.perf_counter() - t0)
-        preds[s.id] = result.tokens
-        truths[s.id] = s.tokens
-        rows.append(f"{s.id}\t{' '.join(result.tokens)}\t{' '.join(s.tokens)}")
-    metrics = score(preds, truths, normalize=args.normalize)
+    result = evaluate(rec, samples, beam=args.beam, normalize=args.normalize)
+    metrics = dict(result.metrics)
     metrics["model"], metrics["split"], metrics["beam"] = name, args.split, args.beam
-    metrics["latency_ms_p50"] = round(1000 * float(np.percentile(times, 50)), 1)
+    metrics["latency_ms_p50"] = result.latency_ms(50)  # rendering included, as users wait for it
     if args.out:
-        Path(args.out).write_text("\n".join(rows) + "\n")
+        Path(args.out).write_text("\n".join(result.rows()) + "\n")
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -356,24 +326,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hmer.data.vocab import Vocab
-    from hmer.models import create_model
-    from hmer.weights import WeightsError, load_checkpoint, save_release
+    from hmer.weights import WeightsError, load_checkpoint_model, save_release
 
     try:
-        ckpt = load_checkpoint(args.checkpoint)
+        model, vocab, ckpt = load_checkpoint_model(args.checkpoint)
     except WeightsError as exc:
         _err(str(exc))
         return 1
-    cfg = dict(ckpt["config"]["model"])
-    vocab = Vocab.from_json(ckpt["vocab"])
-    model = create_model(cfg["name"], len(vocab), **{k: v for k, v in cfg.items() if k != "name"})
-    model.load_state_dict(ckpt["model"])
     info = {
         "state": ckpt["state"],
         "train": ckpt["config"].get("train"),
         "data": ckpt["config"].get("data"),
     }
+    cfg = ckpt["config"]["model"]
     path = save_release(
         model, cfg, vocab, args.output, fp16=not args.fp32, default_for=args.default_for, info=info
     )
@@ -402,7 +367,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from hmer.decoding.search import greedy
     from hmer.evaluation.plots import attention_grid
     from hmer.recognize import MAX_IMAGE_SIZE
-    from hmer.weights import WeightsError
+    from hmer.weights import WeightsError, load_any
 
     try:
         model, vocab, _ = load_any(args.model)

@@ -42,8 +42,12 @@ class HeightPool(nn.Module):
         return pooled.flatten(2)
 
 
+@register("crnn")
 class CRNN(nn.Module):
-    """Image-to-LaTeX by CTC: a CNN or ResNet encoder, attention height pooling and a BiLSTM."""
+    """Image-to-LaTeX by CTC: a CNN or ResNet encoder, attention height pooling and a BiLSTM.
+
+    ``encoder="resnet"`` (optionally with ``encoder_cfg.freeze_stages``) gives the ResNet-18 one.
+    """
 
     kind = "ctc"
     input_kind = "image"
@@ -130,9 +134,3 @@ class CRNN(nn.Module):
             reduction="mean",
             zero_infinity=True,
         )
-
-
-@register("crnn")
-def crnn(vocab_size: int, **cfg) -> CRNN:
-    """CRNN with CTC; ``encoder="resnet"`` (optionally ``freeze_stages``) for the ResNet-18 one."""
-    return CRNN(vocab_size, **cfg)

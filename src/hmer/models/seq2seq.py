@@ -60,8 +60,12 @@ class AdditiveAttention(nn.Module):
         return scores.masked_fill(mem_pad, float("-inf")).softmax(-1)
 
 
+@register("seq2seq")
 class Seq2SeqHMER(nn.Module):
-    """Image-to-LaTeX with a CNN encoder and a GRU decoder attending over the feature map."""
+    """Image-to-LaTeX with a CNN encoder and a GRU decoder attending over the feature map.
+
+    ``coverage=True`` gives WAP, and with ``encoder="densenet"`` DenseWAP.
+    """
 
     kind = "seq2seq"
     input_kind = "image"
@@ -206,9 +210,3 @@ class Seq2SeqHMER(nn.Module):
             [[SOS, *s] for s in seqs], [[*s, EOS] for s in seqs], images.device
         )
         return token_loss(self.decode(mem, tgt_in), tgt_out, label_smoothing)
-
-
-@register("seq2seq")
-def seq2seq(vocab_size: int, **cfg) -> Seq2SeqHMER:
-    """GRU attention model; ``coverage=True`` gives WAP, plus ``encoder="densenet"`` DenseWAP."""
-    return Seq2SeqHMER(vocab_size, **cfg)

@@ -100,8 +100,11 @@ class StrokeEncoder(nn.Module):
         return x, mask
 
 
+@register("strokes")
 class StrokeHMER(TransformerHMER):
     """Point sequences to LaTeX: stroke encoder + TransformerHMER's coverage decoder.
+
+    ``context="gru"`` gives a TAP-like BiGRU context encoder instead of the Transformer one.
 
     Only the encoder differs: the decoder modules carry TransformerHMER's attribute names, so its
     ``decode``, ``step``, ``select``, ``start_tokens`` and two-direction ``loss`` apply unchanged.
@@ -148,9 +151,3 @@ class StrokeHMER(TransformerHMER):
         feat, mask = self.encoder(inputs, masks)
         feat = self.feat_norm(feat)
         return {"memory": feat, "mem_pad": mask, "hw": (1, feat.shape[1])}
-
-
-@register("strokes")
-def strokes(vocab_size: int, **cfg) -> StrokeHMER:
-    """Online model over pen trajectories (``context="gru"`` for a TAP-like BiGRU encoder)."""
-    return StrokeHMER(vocab_size, **cfg)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-PAD, SOS, EOS = 0, 1, 2
+from hmer.data.vocab import EOS_ID as EOS
+from hmer.data.vocab import PAD_ID as PAD
+from hmer.data.vocab import SOS_ID as SOS
+
+__all__ = ["EOS", "LABEL_SMOOTHING", "PAD", "SOS", "teacher_forcing", "token_loss"]
+
+# The one default of label smoothing, for the models' losses and the training config: what the
+# shipped configs train with.
+LABEL_SMOOTHING = 0.1
 
 
 def teacher_forcing(

@@ -133,8 +133,12 @@ class DecoderLayer(nn.Module):
         return x + self.ffn(self.norm3(x)), attn
 
 
+@register("transformer")
 class TransformerHMER(nn.Module):
-    """Image-to-LaTeX with a CNN encoder, 2-D positions and a coverage Transformer decoder."""
+    """Image-to-LaTeX with a CNN encoder, 2-D positions and a coverage Transformer decoder.
+
+    CoMER-style with coverage (the default); ``coverage=False`` gives BTTR.
+    """
 
     kind = "seq2seq"
     input_kind = "image"
@@ -280,9 +284,3 @@ class TransformerHMER(nn.Module):
         both = torch.arange(len(tokens), device=images.device).repeat(2)
         logits = self.decode(self.select(mem, both), tgt_in)
         return token_loss(logits, tgt_out, label_smoothing)
-
-
-@register("transformer")
-def transformer(vocab_size: int, **cfg) -> TransformerHMER:
-    """CoMER-style model (coverage on by default; ``coverage=False`` gives BTTR)."""
-    return TransformerHMER(vocab_size, **cfg)

@@ -14,7 +14,6 @@ import math
 import os
 import pickle
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +26,13 @@ from hmer.data.batching import BucketSpec, EpochBatches
 from hmer.data.dataset import Sample, default_data_dir, load_cached
 from hmer.data.strokes import StrokeBatches
 from hmer.data.vocab import Vocab
-from hmer.decoding import recognize_batch
-from hmer.evaluation.metrics import exprate
 from hmer.evaluation.plots import training_curves
 from hmer.models import create_model
-
-
-def load_config(path: str | Path) -> dict:
-    """Read a training config (TOML, or JSON as written into run folders)."""
-    with open(path, "rb") as fh:
-        return json.load(fh) if str(path).endswith(".json") else tomllib.load(fh)
+from hmer.training.config import (  # noqa: F401  (load_config, apply_overrides: public here too)
+    Config,
+    apply_overrides,
+    load_config,
+)
 
 
 def split_holdout(
@@ -66,26 +62,6 @@ def split_holdout(
     train = [s for i, s in enumerate(samples) if i not in held]
     val = [s for i, s in enumerate(samples) if i in held]
     return train, val
-
-
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """Set dotted ``section.key=value`` entries (TOML values; text where text was or TOML fails)."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise ValueError(f"override {item!r} is not SECTION.KEY=VALUE")
-        *path, last = key.split(".")
-        node = config
-        for part in path:
-            node = node.setdefault(part, {})
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        if isinstance(node.get(last), str) and type(value) in (int, float):
-            value = raw  # e.g. data.test=2014 names a split, not a number
-        node[last] = value
-    return config
 
 
 def load_samples(name: str) -> list[Sample]:
@@ -174,21 +150,17 @@ def as_input(x: torch.Tensor) -> torch.Tensor:
 def evaluate(
     model, samples: list[Sample], vocab: Vocab, spec: BucketSpec, bf16: bool
 ) -> tuple[dict, list]:
-    """Greedy ExpRate on un-augmented renders; returns metrics and (id, prediction) pairs."""
-    model.eval()
-    data = batches_for(model)(samples, vocab, spec, epoch=0, seed=0, augment=False, shuffle=False)
-    preds, truths, rows = [], [], []
+    """Greedy validation through :func:`hmer.evaluation.evaluate.evaluate_batched` (the path
+    ``hmer evaluate`` takes, in batches of the training buckets); returns
+    :func:`~hmer.evaluation.metrics.score`'s metrics and (id, prediction) pairs."""
+    from hmer.evaluation.evaluate import evaluate_batched
+    from hmer.recognize import Recognizer
+
     max_len = 8 + 2 * max(len(s.tokens) for s in samples)  # an unconverged model never stops
-    for batch in data:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            inputs = as_input(batch["inputs"])
-            hyps = recognize_batch(model, inputs, batch["masks"], beam=1, max_len=max_len)
-        for sid, tok, (h,) in zip(batch["ids"], batch["tokens"], hyps, strict=True):
-            preds.append(vocab.decode(h.ids))
-            truths.append(vocab.decode(tok))
-            rows.append((sid, " ".join(preds[-1])))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        result = evaluate_batched(Recognizer(model, vocab), samples, spec, max_len=max_len)
     model.train()
-    return exprate(preds, truths), rows
+    return result.metrics, [(i, " ".join(p)) for i, p in result.predictions.items()]
 
 
 def tensorboard_writer(log_dir: Path):
@@ -247,21 +219,23 @@ def init_weights(model: torch.nn.Module, path: str | Path, partial: bool = False
 
 
 def train(
-    config: dict,
+    config: Config | dict,
     run_dir: str | Path,
     resume: bool = False,
     init_from: str | None = None,
     init_partial: bool = False,
     samples: dict[str, list[Sample]] | None = None,
 ) -> dict:
-    """Train a model as ``config`` says, writing checkpoints and logs to ``run_dir``.
+    """Train a model as ``config`` (checked by :class:`Config`) says, writing checkpoints and logs
+    to ``run_dir``.
 
     ``samples`` may give the splits directly ({"train", "val", "test"}), as the tests do; otherwise
     the CROHME splits are read from the cache (prepared on first use).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tc, dc, mc = config["train"], config["data"], dict(config["model"])
+    cfg = Config.from_dict(config)
+    tc, dc, mc = cfg.train, cfg.data, dict(cfg.model)
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
@@ -271,28 +245,26 @@ def train(
     main = rank == 0
 
     # ---- data ------------------------------------------------------------------------------
-    vocab = Vocab.from_json(config["vocab"]) if "vocab" in config else crohme_vocab()
+    vocab = Vocab.from_json(cfg.vocab) if cfg.vocab is not None else crohme_vocab()
     if samples is None:
-        train_all = load_samples(dc.get("train", "train"))
-        train_set, val_set = split_holdout(
-            train_all, dc.get("val_size", 500), by=dc.get("val_split", "random")
-        )
-        if dc.get("train_limit"):  # a subset, for quick runs
-            keep = np.random.default_rng(0).permutation(len(train_set))[: dc["train_limit"]]
+        train_all = load_samples(dc.train)
+        train_set, val_set = split_holdout(train_all, dc.val_size, by=dc.val_split)
+        if dc.train_limit:  # a subset, for quick runs
+            keep = np.random.default_rng(0).permutation(len(train_set))[: dc.train_limit]
             train_set = [train_set[i] for i in sorted(keep)]
-        for extra in dc.get("extra_train", []):  # e.g. synthetic data; never validated on
+        for extra in dc.extra_train:  # e.g. synthetic data; never validated on
             train_set = train_set + load_samples(extra)
-        test_set = load_samples(dc["test"]) if dc.get("test") else []
+        test_set = load_samples(dc.test) if dc.test else []
     else:
         train_set, val_set, test_set = (
             samples["train"],
             samples.get("val", []),
             samples.get("test", []),
         )
-    spec = BucketSpec(pixels_per_batch=dc.get("pixels_per_batch", BucketSpec.pixels_per_batch))
+    spec = BucketSpec(pixels_per_batch=dc.pixels_per_batch)
 
     # ---- model and optimizer ---------------------------------------------------------------
-    torch.manual_seed(tc.get("seed", 0))
+    torch.manual_seed(tc.seed)
     name = mc.pop("name")
     model = create_model(name, len(vocab), **mc).to(memory_format=torch.channels_last)
     if init_from:
@@ -300,19 +272,15 @@ def train(
         if main:
             print(f"initialized {n} of {len(model.state_dict())} tensors from {init_from}")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc.get("weight_decay", 0.0))
-    bf16 = use_bf16(tc.get("bf16", "auto"))
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    bf16 = use_bf16(tc.bf16)
     make_batches = batches_for(model)
-    aug_kwargs: dict = {
-        "ink_aug": InkAugment(
-            swap_p=dc.get("ink_swap_p", 0.0), reverse_p=dc.get("ink_reverse_p", 0.0)
-        )
-    }
+    aug_kwargs: dict = {"ink_aug": InkAugment(swap_p=dc.ink_swap_p, reverse_p=dc.ink_reverse_p)}
     if make_batches is EpochBatches:
-        aug_kwargs["photo_p"] = dc.get("photo_p", 0.0)
-    seed = tc.get("seed", 0)
+        aug_kwargs["photo_p"] = dc.photo_p
+    seed = tc.seed
     steps_per_epoch = len(make_batches(train_set, vocab, spec, 0, seed, rank=rank, world=world))
-    total_steps = tc["epochs"] * steps_per_epoch
+    total_steps = tc.epochs * steps_per_epoch
 
     state = {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "seconds": 0.0, "stale": 0}
     ckpt_path = run_dir / "last.pt"
@@ -343,7 +311,7 @@ def train(
                     "optimizer": plain(optimizer.state_dict()),
                     "torch_rng": torch.get_rng_state(),
                     "state": plain(state),
-                    "config": plain(config),
+                    "config": cfg.to_dict(),
                     "vocab": vocab.to_json(),
                 },
             )
@@ -354,13 +322,13 @@ def train(
     log_file = open(log_path, "a", newline="")  # noqa: SIM115 (kept open for the whole run)
     log = csv.writer(log_file)
     eval_path = run_dir / "eval.csv"
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     tb = tensorboard_writer(run_dir / "tb") if main else None
 
     # ---- loop ------------------------------------------------------------------------------
     last_ckpt = time.time()
     model.train()
-    while state["epoch"] < tc["epochs"]:
+    while state["epoch"] < tc.epochs:
         epoch = state["epoch"]
         data = make_batches(
             train_set,
@@ -368,7 +336,7 @@ def train(
             spec,
             epoch,
             seed,
-            augment=dc.get("augment", True),
+            augment=dc.augment,
             rank=rank,
             world=world,
             **aug_kwargs,
@@ -378,9 +346,9 @@ def train(
             data,
             batch_size=None,
             sampler=order,
-            num_workers=tc.get("num_workers", 1),
+            num_workers=tc.num_workers,
             persistent_workers=False,
-            prefetch_factor=4 if tc.get("num_workers", 1) else None,
+            prefetch_factor=4 if tc.num_workers else None,
         )
         # Creating the iterator draws a seed from the torch RNG: a checkpoint from inside an epoch
         # holds the RNG after that draw, one from an epoch's end holds it before.
@@ -396,15 +364,15 @@ def train(
         )
         t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
         for batch in bar:
-            lr = lr_at(state["step"], total_steps, tc["lr"], tc.get("warmup_steps", 0))
+            lr = lr_at(state["step"], total_steps, tc.lr, tc.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images = as_input(batch["inputs"])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = ddp(images, batch["masks"], batch["tokens"], tc.get("label_smoothing", 0.0))
+                loss = ddp(images, batch["masks"], batch["tokens"], tc.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, tc.get("clip_grad", 1.0))
+            torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
             optimizer.step()
 
             state["step"] += 1
@@ -433,7 +401,7 @@ def train(
                     tb.add_scalar("train/samples_per_s", rate, state["step"])
                 bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", sps=f"{rate:.1f}")
                 loss_sum, loss_n = 0.0, 0
-            if now - last_ckpt > 60 * tc.get("checkpoint_minutes", 5):
+            if now - last_ckpt > 60 * tc.checkpoint_minutes:
                 state["seconds"] += now - t0
                 seen, t0 = 0, now
                 checkpoint()
@@ -446,7 +414,7 @@ def train(
         if main:
             cpu_h = state["seconds"] * world / 3600
             splits = [("val", val_set)]
-            if test_set and tc.get("test_every", 0) and state["epoch"] % tc["test_every"] == 0:
+            if test_set and tc.test_every and state["epoch"] % tc.test_every == 0:
                 splits.append(("test", test_set))
             for split_name, split in splits:
                 if not split:
@@ -457,7 +425,8 @@ def train(
                         f"{state['epoch']},{state['step']},{cpu_h:.3f},{split_name},"
                         f"{metrics['exprate']:.2f},{metrics['le1']:.2f},{metrics['le2']:.2f}\n"
                     )
-                print(f"epoch {state['epoch']} {split_name}: {metrics}", flush=True)
+                rates = {k: round(metrics[k], 2) for k in ("exprate", "le1", "le2")}
+                print(f"epoch {state['epoch']} {split_name}: {rates}", flush=True)
                 if tb is not None:
                     for key in ("exprate", "le1", "le2"):
                         tb.add_scalar(f"{split_name}/{key}", metrics[key], state["step"])
@@ -474,7 +443,7 @@ def train(
             checkpoint()
             training_curves(run_dir)
             last_ckpt = time.time()
-        patience = tc.get("patience", 0)
+        patience = tc.patience
         stop = torch.tensor([int(main and patience > 0 and state.get("stale", 0) >= patience)])
         if distributed:
             dist.broadcast(stop, 0)

@@ -1,0 +1,285 @@
+"""Training configuration: every default once, typed, and checked before anything runs.
+
+A config (TOML, or the JSON a run folder holds) has three sections. ``[model]`` names a registered
+family (``name``) and gives its constructor's keyword arguments; their defaults live in the
+family's constructor. ``[data]`` and ``[train]`` are :class:`DataConfig` and :class:`TrainConfig`,
+whose defaults are what the shipped configs share, so a file states only what differs. An
+optional top-level ``vocab`` (a JSON token list) replaces the CROHME dictionary.
+
+Unknown sections or keys and values of the wrong type raise :class:`ConfigError` naming the key
+(``train.lrr``, with the nearest known key); checkpoints keep the config as the plain dict of
+:meth:`Config.to_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hmer.models.targets import LABEL_SMOOTHING
+
+
+class ConfigError(ValueError):
+    """A config entry that is unknown, missing or of the wrong type; the message names it."""
+
+
+@dataclass
+class DataConfig:
+    """Which samples train, select and test a model, and how they are augmented."""
+
+    train: str = "train"  # a CROHME split name or a .pkl of samples (hmer synth)
+    val_size: int = 500  # expressions held out of training for model selection
+    val_split: str = "random"  # "random" expressions or whole "formula"s (every writer's copy)
+    train_limit: int = 0  # a random subset of this many training expressions (0: all)
+    extra_train: list[str] = field(default_factory=list)  # more training data, never validated on
+    test: str = "2014"  # reported on every test_every epochs, never used for selection ("": none)
+    pixels_per_batch: int = 16 * 96 * 320  # batch size per bucket shape (16 images of 96 x 320)
+    augment: bool = True  # ink and render augmentation of the training batches
+    photo_p: float = 0.0  # share of image renders that also get photometric changes
+    ink_swap_p: float = 0.0  # chance that neighbouring strokes swap order (stroke models)
+    ink_reverse_p: float = 0.0  # chance that a stroke is drawn end to start (stroke models)
+
+
+@dataclass
+class TrainConfig:
+    """The optimization: AdamW, linear warm-up then cosine decay, checkpoints and evaluation."""
+
+    epochs: int = 60
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    label_smoothing: float = LABEL_SMOOTHING  # unused by CTC models
+    clip_grad: float = 1.0
+    bf16: bool | str = (
+        "auto"  # "auto": only where the CPU has native bf16 (emulated is ~10x slower)
+    )
+    seed: int = 1
+    checkpoint_minutes: float = 5.0
+    test_every: int = 2  # epochs between test-set evaluations (0: never)
+    patience: int = 0  # stop after this many validations without gain (0: never)
+    num_workers: int = 1  # data loader processes (0: batches made in the training process)
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig}
+CHOICES = {("data", "val_split"): ("random", "formula")}
+PROBABILITIES = {("data", "photo_p"), ("data", "ink_swap_p"), ("data", "ink_reverse_p")}
+
+
+@dataclass
+class Config:
+    """A whole, checked training config."""
+
+    model: dict[str, Any]
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vocab: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict | Config) -> Config:
+        """Check a config dict (as read from TOML/JSON or stored in a checkpoint)."""
+        if isinstance(raw, Config):
+            return raw
+        if not isinstance(raw, dict):
+            raise ConfigError("a config is a table of sections ([model], [data], [train])")
+        known = {"model", "vocab", *SECTIONS}
+        for key in raw:
+            if key not in known:
+                raise ConfigError(f"unknown config section {key!r}{_nearest(key, known)}")
+        if "model" not in raw:
+            raise ConfigError("the config has no [model] section")
+        vocab = raw.get("vocab")
+        if vocab is not None and not isinstance(vocab, str):
+            raise ConfigError("vocab must be a JSON list of tokens, as text")
+        sections = {name: _section(name, raw.get(name, {})) for name in SECTIONS}
+        return cls(model=check_model(raw["model"]), vocab=vocab, **sections)
+
+    def to_dict(self) -> dict:
+        """Plain data: every value, defaults included (what run folders and checkpoints keep)."""
+        out = {
+            "model": json.loads(json.dumps(self.model)),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+        }
+        if self.vocab is not None:
+            out["vocab"] = self.vocab
+        return out
+
+
+def _nearest(key: str, known, prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _type_error(where: str, want: str, value) -> ConfigError:
+    return ConfigError(f"{where} must be {want}, not {value!r}")
+
+
+def _check_value(where: str, annotation: str, value):
+    """``value`` as a field annotated ``annotation`` holds it, or a ConfigError."""
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise _type_error(where, "true or false", value)
+    elif annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(where, "an integer", value)
+    elif annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(where, "a number", value)
+        value = float(value)
+    elif annotation == "str":
+        if not isinstance(value, str):
+            raise _type_error(where, "text", value)
+    elif annotation == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _type_error(where, "a list of text", value)
+    elif annotation == "bool | str":  # bf16
+        if not (isinstance(value, bool) or value == "auto"):
+            raise _type_error(where, 'true, false or "auto"', value)
+    else:  # a new field type must be taught here
+        raise TypeError(f"{where}: no check for type {annotation}")
+    return value
+
+
+def _section(name: str, raw) -> DataConfig | TrainConfig:
+    kind = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table of keys")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    values = {}
+    for key, value in raw.items():
+        where = f"{name}.{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key {where}{_nearest(key, fields, f'{name}.')}")
+        value = _check_value(where, str(fields[key].type), value)
+        choices = CHOICES.get((name, key))
+        if choices and value not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(choices)}, not {value!r}")
+        if (name, key) in PROBABILITIES and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{where} is a probability (0 to 1), not {value!r}")
+        values[key] = value
+    return kind(**values)
+
+
+def check_model(raw) -> dict:
+    """Check a [model] section against its family's constructor; returns a copy."""
+    from hmer.models.registry import list_models, model_parameters
+
+    if not isinstance(raw, dict):
+        raise ConfigError("[model] must be a table of keys")
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"model.name must name a model family: {', '.join(list_models())}")
+    if name not in list_models():
+        raise ConfigError(
+            f"unknown model family model.name = {name!r}{_nearest(name, list_models())}; "
+            f"known: {', '.join(list_models())}"
+        )
+    params = model_parameters(name)
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        where = f"model.{key}"
+        if key not in params:
+            raise ConfigError(
+                f"unknown config key {where} for family {name!r}{_nearest(key, params, 'model.')}"
+            )
+        default = params[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        if isinstance(default, bool):
+            want = "bool"
+        elif isinstance(default, int):
+            want = "int"
+        elif isinstance(default, float):
+            want = "float"
+        elif isinstance(default, str):
+            want = "str"
+        elif isinstance(default, tuple | list):
+            if not isinstance(value, list | tuple):
+                raise _type_error(where, "a list", value)
+            continue
+        else:
+            continue
+        _check_value(where, want, value)
+    return json.loads(json.dumps(raw))  # a deep copy, and plain data
+
+
+def read_config(path: str | Path) -> dict:
+    """The raw config dict of a TOML file (or of the JSON a run folder holds)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh) if path.suffix == ".json" else tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable config ({exc})") from exc
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read, override (``section.key=value`` items, see :func:`apply_overrides`) and check."""
+    return Config.from_dict(apply_overrides(read_config(path), list(overrides)))
+
+
+def _field_type(section: str, key: str) -> str | None:
+    kind = SECTIONS.get(section)
+    if kind is None:
+        return None
+    for f in dataclasses.fields(kind):
+        if f.name == key:
+            return str(f.type)
+    known = kind.__dataclass_fields__
+    raise ConfigError(f"unknown config key {section}.{key}{_nearest(key, known, f'{section}.')}")
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """Set dotted ``section.key=value`` entries of a raw config dict (in place; returned).
+
+    Values are read as TOML (``1e-4``, ``false``, ``[1, 2]``, ``"text"``); a text field keeps the
+    raw text (``data.test=2014`` names a split, not a number), and so does a value that is not
+    TOML. Keys of [data] and [train] must exist (``train.lrr`` is refused); [model] keys are
+    checked against the family when the whole config is.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} is not SECTION.KEY=VALUE")
+        *path, last = key.split(".")
+        if path[0] not in {"model", *SECTIONS}:
+            known = ["model", *SECTIONS]
+            raise ConfigError(f"unknown config section {path[0]!r}{_nearest(path[0], known)}")
+        kind = _field_type(path[0], last) if len(path) == 1 else None
+        node = config
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a table")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        text_field = kind == "str" or (kind is None and isinstance(node.get(last), str))
+        if text_field and not isinstance(value, str):
+            value = raw
+        node[last] = value
+    return config
+
+
+def check_model_builds(config: Config) -> None:
+    """Build the configured model once, so that a bad nested value (``encoder_cfg``, a size that
+    does not divide) is a :class:`ConfigError` before training starts, not a traceback."""
+    import torch
+
+    from hmer.models import create_model
+
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    try:
+        with torch.random.fork_rng():  # the caller's random stream is left as it was
+            create_model(config.model["name"], 8, **kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError) as exc:
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ConfigError(f"[model] ({config.model['name']}) cannot be built: {text}") from exc
