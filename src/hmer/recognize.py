@@ -23,7 +23,7 @@ from hmer.data.render import render_natural
 from hmer.data.strokes import StrokeSpec
 from hmer.data.vocab import Vocab
 from hmer.decoding import check_deadline, recognize_batch
-from hmer.weights import default_weights, load_model
+from hmer.weights import default_weights, load_any
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 INK_SUFFIXES = {".inkml"}
@@ -111,10 +111,11 @@ class Recognizer:
     def load(
         cls, model: str | Path | None = None, input_kind: str = "image", beam: int = 10
     ) -> Recognizer:
-        """Load a release file, or the shipped default for ``input_kind`` ("image"/"strokes")."""
+        """Load a release file, a checkpoint, an ONNX export folder, or the shipped default for
+        ``input_kind`` ("image"/"strokes")."""
         path = Path(model) if model else default_weights(input_kind)
-        net, vocab, _ = load_model(path)
-        return cls(net, vocab, path.stem, beam)
+        net, vocab, name = load_any(path)
+        return cls(net, vocab, name, beam)
 
     # -- inputs ------------------------------------------------------------------------------
     def recognize_image(

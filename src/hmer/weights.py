@@ -149,10 +149,16 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, Vocab, dic
 
 def load_any(path: str | Path | None) -> tuple[torch.nn.Module, Vocab, str]:
     """(model, vocabulary, name) from a release file, a training checkpoint (``.pt``, named by
-    its run folder) or, without a path, the shipped default image model."""
+    its run folder), an ONNX export folder (``hmer export --onnx``) or, without a path, the
+    shipped default image model."""
     if path is not None and str(path).endswith(".pt"):
         model, vocab, _ = load_checkpoint_model(path)
         return model, vocab, Path(path).parent.name
+    if path is not None and Path(path).is_dir():
+        from hmer.onnx import load_onnx
+
+        model, vocab = load_onnx(path)
+        return model, vocab, Path(path).name
     p = Path(path) if path else default_weights("image")
     model, vocab, _ = load_model(p)
     return model, vocab, p.stem

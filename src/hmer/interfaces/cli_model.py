@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--format",
         choices=["text", "json", "tsv"],
         default="text",
-        help="text: LaTeX (one line per file); json: n-best, confidences and timing per line; "
-        "tsv: ID<TAB>tokens for hmer score (always the token form)",
+        help="text: LaTeX (several files: PATH: LATEX (CONFIDENCE)); json: n-best, confidences "
+        "and timing per line; tsv: ID<TAB>tokens for hmer score (always the token form)",
     )
     p.add_argument(
         "--style",
@@ -93,9 +93,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="turn a training checkpoint into a release file")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p = sub.add_parser(
+        "export",
+        help="turn a training checkpoint into a release file, or a model into ONNX",
+        description="CHECKPOINT.pt -> release .safetensors; with --onnx, a checkpoint or release "
+        "-> a folder of ONNX graphs that --model FOLDER runs on ONNX Runtime",
+    )
+    p.add_argument("checkpoint", help="a training checkpoint (.pt), or a release with --onnx")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path (or folder)")
+    p.add_argument("--onnx", action="store_true", help="export ONNX graphs into the -o folder")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
     p.add_argument(
         "--default-for", choices=["image", "strokes"], help="mark as the shipped default"
@@ -186,7 +192,8 @@ def _format_result(path: Path, result, args: argparse.Namespace, n_files: int) -
         return f"{path.stem}\t{' '.join(result.tokens)}"
     if args.format == "text":
         latex = result.latex_as(args.style)
-        return latex if n_files == 1 else f"{path}: {latex}"
+        # Several files: each with the model's confidence, to show where it is unsure.
+        return latex if n_files == 1 else f"{path}: {latex}  ({round(100 * result.score)}%)"
     out = result.to_dict(args.style)
     out["alternatives"] = [{"latex": a["latex"], "score": a["score"]} for a in out["alternatives"]]
     return json.dumps(out, ensure_ascii=False)
@@ -326,7 +333,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hmer.weights import WeightsError, load_checkpoint_model, save_release
+    from hmer.weights import WeightsError, load_any, load_checkpoint_model, save_release
+
+    if args.onnx:
+        from hmer.onnx import export_onnx
+
+        try:
+            model, vocab, _ = load_any(args.checkpoint)
+            out = export_onnx(model, vocab, args.output)
+        except (WeightsError, TypeError, OSError) as exc:
+            _err(str(exc))
+            return 1
+        size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+        print(f"wrote {out}/ ({size:.1f} MB): run it with --model {out}")
+        return 0
 
     try:
         model, vocab, ckpt = load_checkpoint_model(args.checkpoint)

@@ -55,7 +55,7 @@ def _matmul_shared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     When all N rows read one memory row (beams of one input), the rows are folded into T: a
     broadcast matmul would first copy ``b`` N times.
     """
-    if b.shape[0] != 1 or a.shape[0] == 1:
+    if b.shape[0] != 1:
         return a @ b
     n, h, t, x = a.shape
     out = a.transpose(0, 1).reshape(1, h, n * t, x) @ b
