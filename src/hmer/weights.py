@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hmer.data.files import is_regular_file
+from hmer.data.files import atomic_open, is_regular_file
 from hmer.data.vocab import Vocab
 from hmer.models import create_model
 
@@ -70,7 +70,9 @@ def save_release(
             if other.get("default_for") == default_for:
                 other.pop("default_for")
     manifest[path.name] = entry
-    (path.parent / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # atomic: a torn manifest would make every release in the folder unloadable
+    with atomic_open(path.parent / MANIFEST, "w", durable=True, encoding="utf-8") as fh:
+        fh.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -187,17 +187,22 @@ class EpochBatches(BucketedEpoch):
     def bucket_size(self, key: tuple[int, int]) -> int:
         return self.spec.batch_size(*key)
 
+    def image(self, index: int) -> np.ndarray:
+        """Sample ``index`` as this epoch shows it to the model: float32, ink about 1, unpadded."""
+        img = draw_plan(self._render_plan(index)).astype(np.float32) / 255.0
+        if self.augment and self.photo_p > 0:
+            # A stream of its own: the render plan (and so the buckets) stays as it was.
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            if rng.random() < self.photo_p:
+                img = self.photo_aug(np.round(img * 255).astype(np.uint8), rng)
+        return img
+
     def __getitem__(self, k: int) -> dict:
         (h, w), items = self.batches[k]
         images = np.zeros((len(items), 1, h, w), np.float32)
         masks = np.ones((len(items), h, w), bool)  # True = padding
         for j, i in enumerate(items):
-            img = draw_plan(self._render_plan(i)).astype(np.float32) / 255.0
-            if self.augment and self.photo_p > 0:
-                # A stream of its own: the render plan (and so the buckets) stays as it was.
-                rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-                if rng.random() < self.photo_p:
-                    img = self.photo_aug(np.round(img * 255).astype(np.uint8), rng)
+            img = self.image(i)
             ih, iw = img.shape
             images[j, 0, :ih, :iw] = img
             masks[j, :ih, :iw] = False

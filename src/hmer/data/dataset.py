@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tarfile
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from hmer.data.files import atomic_open
 from hmer.data.inkml import InkMLError, parse_inkml
 
 CACHE_VERSION = 1
@@ -180,8 +180,5 @@ def load_cached(name: str, data_dir: Path | None = None, cache_dir: Path | None 
 def save_atomic(path: Path, obj) -> None:
     """Pickle ``obj`` to ``path`` via a temporary file and rename, so readers never see half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    pickle.dump(obj, buf, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,10 +1,13 @@
-"""Reading user files safely: regular files only, of bounded size."""
+"""Files: reading user files safely (regular files only, of bounded size), writing atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 def read_regular_file(path: str | Path, limit: int, what: str = "file") -> bytes:
@@ -33,3 +36,35 @@ def is_regular_file(path: str | Path) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | Path, mode: str = "wb", durable: bool = False, **kwargs
+) -> Iterator[IO]:
+    """Write ``path`` through a temporary file renamed over it when the block ends.
+
+    Readers, and a run killed mid-write, see the old file or the whole new one, never part of
+    it; on an error the temporary file is removed and the old file stays. ``durable`` also
+    flushes the data and the rename to the disk (checkpoints and logs that must survive a power
+    cut). ``mode`` and ``kwargs`` are ``open``'s ("w" with ``newline=""`` for CSV).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself reaches the disk
+        finally:
+            os.close(fd)

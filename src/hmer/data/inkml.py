@@ -52,16 +52,6 @@ class Ink:
     trace_ids: list[str] = field(default_factory=list)
     source: str = ""
 
-    def bbox(self) -> tuple[float, float, float, float]:
-        """(x_min, y_min, x_max, y_max) over all points."""
-        pts = np.concatenate([t[:, :2] for t in self.traces])
-        return (
-            float(pts[:, 0].min()),
-            float(pts[:, 1].min()),
-            float(pts[:, 0].max()),
-            float(pts[:, 1].max()),
-        )
-
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]

@@ -151,15 +151,6 @@ def _boxes(placed: list[np.ndarray], groups: list[list[int]] | None):
     return out
 
 
-def render_ink(ink: Ink, mode: str = "natural", **kwargs) -> np.ndarray:
-    """Render :class:`Ink` with ``mode`` "natural" or "fixed" (keyword arguments pass through)."""
-    if mode == "natural":
-        return render_natural(ink.traces, **kwargs)
-    if mode == "fixed":
-        return render_fixed(ink.traces, **kwargs)
-    raise ValueError(f"unknown render mode {mode!r} (natural or fixed)")
-
-
 def symbol_groups(ink: Ink) -> list[list[int]]:
     """Trace-index groups of the symbols of ``ink`` (from its segmentation), for drawing boxes."""
     index = {tid: i for i, tid in enumerate(ink.trace_ids)}

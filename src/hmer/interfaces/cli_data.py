@@ -133,6 +133,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=16, help="number of expressions (rows)")
     p.add_argument("--variants", type=int, default=3, help="augmented versions per expression")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--photo-p",
+        type=float,
+        default=None,
+        help="share of renders that also get photometric changes, as data.photo_p in a "
+        "training config (default: the training default)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_guarded(cmd_augment_grid))
 
@@ -251,14 +258,13 @@ class WriteError(OSError):
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".tmp")
+    from hmer.data.files import atomic_open
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)  # never leave half-written files that a rerun would skip
+        with atomic_open(path) as fh:  # never leave half-written files that a rerun would skip
+            Image.fromarray(image).save(fh, format="PNG")
     except OSError as exc:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
         raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 
@@ -408,40 +414,47 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def augment_grid(
-    samples: list, n: int, variants: int, seed: int, cell: tuple[int, int] = (128, 384)
+    samples: list,
+    n: int,
+    variants: int,
+    seed: int,
+    cell: tuple[int, int] = (128, 384),
+    photo_p: float = 0.0,
 ) -> np.ndarray:
     """Rows of [clean render, ``variants`` augmented versions] for ``n`` random samples, uint8.
 
-    Images keep their pixel size (so scale jitter shows) unless too big for a cell.
-    Augmentation is the training one (ink and render augmentation of the batch planner) followed
-    by :class:`~hmer.data.augment.ImageAugment`; all draws come from ``seed``.
+    Images keep their pixel size (so scale jitter shows) unless too big for a cell. Each
+    augmented version is what an epoch of training shows the model (``EpochBatches.image``: ink
+    and render augmentation, and photometric changes for a ``photo_p`` share, as
+    ``data.photo_p``); version ``c`` is epoch ``c`` of a run seeded with ``seed``.
     """
     from PIL import Image, ImageDraw
 
-    from hmer.data.augment import ImageAugment, InkAugment
-    from hmer.data.batching import BucketSpec, RenderAugment, draw_plan, plan_render
+    from hmer.data.batching import BucketSpec, EpochBatches, draw_plan, plan_render
+    from hmer.data.vocab import Vocab
 
-    spec, ink_aug, render_aug = BucketSpec(), InkAugment(), RenderAugment()
-    image_aug = ImageAugment()
+    spec = BucketSpec()
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(samples), size=min(n, len(samples)), replace=False)
+    rows = [samples[int(i)] for i in chosen]
+    epochs = [
+        EpochBatches(rows, Vocab([]), spec, epoch, seed, shuffle=False, photo_p=photo_p)
+        for epoch in range(1, variants + 1)
+    ]
     ch, cw = cell
     label_h, gap = 14, 2
     cols = variants + 1
     grid_h = len(chosen) * (ch + label_h + gap) + gap
     grid = np.full((grid_h, cols * (cw + gap) + gap), 60, np.uint8)
     draw_labels = []
-    for r, idx in enumerate(chosen):
-        sample = samples[int(idx)]
+    for r, sample in enumerate(rows):
         top = gap + r * (ch + label_h + gap)
         draw_labels.append((top, f"{sample.id}: {' '.join(sample.tokens)}"))
         for c in range(cols):
             if c == 0:
                 img = draw_plan(plan_render(sample.traces, None, spec)).astype(np.float32) / 255
             else:
-                g = np.random.default_rng([seed, int(idx), c])
-                plan = plan_render(sample.traces, g, spec, ink_aug, render_aug)
-                img = image_aug(draw_plan(plan), g)
+                img = epochs[c - 1].image(r)
             pic = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
             f = min(1.0, ch / pic.height, cw / pic.width)
             pic = pic.resize(
@@ -466,12 +479,19 @@ def cmd_augment_grid(args: argparse.Namespace) -> int:
     if not split.samples:
         _err(f"split {args.split} has no samples")
         return EXIT_FAILED
-    grid = augment_grid(split.samples, args.n, args.variants, args.seed)
+    from hmer.training.config import DataConfig
+
+    photo_p = DataConfig().photo_p if args.photo_p is None else args.photo_p
+    if not 0.0 <= photo_p <= 1.0:
+        _err("--photo-p must be between 0 and 1")
+        return 2
+    grid = augment_grid(split.samples, args.n, args.variants, args.seed, photo_p=photo_p)
     _save_png(grid, args.output)
     rows = min(args.n, len(split.samples))
     print(
         f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}): {rows} expressions, clean "
-        f"render then {args.variants} augmented versions each"
+        f"render then {args.variants} versions each as training epochs draw them "
+        f"(photometric changes on {photo_p:.0%})"
     )
     return 0
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from hmer.data.augment import InkAugment
 from hmer.data.batching import BucketSpec, EpochBatches
 from hmer.data.dataset import Sample, default_data_dir, load_cached
+from hmer.data.files import atomic_open
 from hmer.data.strokes import StrokeBatches
 from hmer.data.vocab import Vocab
 from hmer.evaluation.plots import training_curves
@@ -96,14 +97,10 @@ def trim_csv(path: Path, header: list[str], key: str, last: int) -> None:
                     continue
                 if value <= last:
                     rows.append(row)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", durable=True, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def crohme_vocab() -> Vocab:
@@ -187,17 +184,8 @@ def plain(value):
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write ``state`` atomically and durably: a kill or power cut leaves the old file or the new
     one, never a torn one."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb", durable=True) as fh:
         torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself reaches the disk
-    finally:
-        os.close(fd)
 
 
 def init_weights(model: torch.nn.Module, path: str | Path, partial: bool = False) -> int:
