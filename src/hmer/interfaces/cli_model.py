@@ -82,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a .safetensors release or a training checkpoint (.pt)")
     p.add_argument("--split", default="2014")
     p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers (faster)")
     p.add_argument("--limit", type=int, help="only the first N expressions")
     p.add_argument("--out", help="write per-expression predictions (ID<TAB>prediction<TAB>truth)")
     p.add_argument(
@@ -183,7 +184,7 @@ def cmd_recognize(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.terminate()
     if failed and len(files) > 1:
-        _err(f"{failed} of {len(files)} files could not be read")
+        _err(f"{failed} of {len(files)} files failed")
     return 1 if failed else 0
 
 
@@ -316,6 +317,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except WeightsError as exc:
         _err(str(exc))
         return 1
+    if args.int8:
+        from hmer.models.quantize import quantize_int8
+
+        model, name = quantize_int8(model), f"{name}-int8"
     rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
     samples = load_cached(args.split).samples[: args.limit]
     result = evaluate(rec, samples, beam=args.beam, normalize=args.normalize)
