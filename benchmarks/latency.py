@@ -9,6 +9,8 @@ offline job over a directory could. Threads default to the 2 cores of the refere
     python benchmarks/latency.py                          # shipped image model, 200 expressions
     python benchmarks/latency.py --model src/hmer/weights/strokes.safetensors --limit 100
     python benchmarks/latency.py --threads 1 --beams 1 --batch 0
+    python benchmarks/latency.py --model DIR --batch 0     # an ONNX export (hmer export --onnx)
+    python benchmarks/latency.py --int8                   # dynamic int8 linear layers
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from hmer.decoding import recognize_batch
 from hmer.recognize import Recognizer
 
 
-def percentiles(seconds: list[float]) -> tuple[float, float]:
+def percentiles(seconds: list[float]) -> tuple[float, float, float]:
+    """p50, p90 and p99 in milliseconds."""
     ms = 1000 * np.asarray(seconds)
-    return round(float(np.percentile(ms, 50)), 1), round(float(np.percentile(ms, 90)), 1)
+    p50, p90, p99 = (round(float(np.percentile(ms, q)), 1) for q in (50, 90, 99))
+    return p50, p90, p99
 
 
 def latency(rec: Recognizer, inks: list[Ink], beam: int, warmup: int = 5) -> list[float]:
@@ -63,7 +67,10 @@ def batch_throughput(rec: Recognizer, inks: list[Ink], batch: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="a .safetensors release (default: the shipped image model)")
+    p.add_argument(
+        "--model", help="a release, checkpoint or ONNX export folder (default: shipped image model)"
+    )
+    p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers")
     p.add_argument("--limit", type=int, default=200, help="test expressions (the first N)")
     p.add_argument("--beams", default="1,10", help="beam widths, comma-separated (1 = greedy)")
     p.add_argument("--batch", type=int, default=16, help="batch size for throughput (0 = skip)")
@@ -73,12 +80,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     rec = Recognizer.load(args.model)
+    if args.int8:
+        from hmer.models.quantize import quantize_int8
+
+        rec = Recognizer(quantize_int8(rec.model), rec.vocab, f"{rec.name}-int8")
     samples = load_cached("2014").samples[: args.limit]
     inks = [Ink(s.traces, source=s.id) for s in samples]
     report = {"model": rec.name, "expressions": len(inks), "threads": args.threads}
     for beam in (int(b) for b in args.beams.split(",")):
         times = latency(rec, inks, beam)
-        report[f"beam{beam}_ms_p50"], report[f"beam{beam}_ms_p90"] = percentiles(times)
+        p50, p90, p99 = percentiles(times)
+        report.update({f"beam{beam}_ms_p50": p50, f"beam{beam}_ms_p90": p90})
+        report[f"beam{beam}_ms_p99"] = p99
         if beam == 1:
             report["greedy_one_at_a_time_expr_per_s"] = round(len(times) / sum(times), 1)
     if args.batch:

@@ -45,5 +45,18 @@ def test_latency_benchmark_reports_percentiles_and_throughput(tmp_path, capsys, 
     assert report["expressions"] == 3
     for key in ("beam1_ms_p50", "beam1_ms_p90", "beam2_ms_p50", "greedy_batch2_expr_per_s"):
         assert report[key] > 0
-    assert report["beam1_ms_p50"] <= report["beam1_ms_p90"]
+    assert report["beam1_ms_p50"] <= report["beam1_ms_p90"] <= report["beam1_ms_p99"]
     assert "beam2_ms_p90" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAVE_CROHME, reason="CROHME data not available")
+def test_throughput_benchmark_times_batches_and_workers(tmp_path):
+    from serve_helpers import tiny_image_release
+
+    model = tiny_image_release(tmp_path / "tiny.safetensors")
+    rows = load_benchmark("throughput").main(
+        ["--limit", "4", "--settings", "1:1:1,1:2:1", "--model", model, "--json"]
+    )
+    assert [(r["batch"], r["jobs"]) for r in rows] == [(1, 1), (2, 1)]
+    assert all(r["files"] == 4 and r["files_per_s"] > 0 and 0 <= r["exprate"] <= 100 for r in rows)
+    assert rows[0]["same_as_reference"] == 100.0 and rows[1]["same_as_reference"] == 100.0
