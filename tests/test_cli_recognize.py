@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from serve_helpers import png_bytes, tiny_image_release
@@ -75,11 +76,12 @@ def test_errors_name_the_file_and_the_problem(capsys, release, images, tmp_path)
     missing = str(tmp_path / "missing.png")
     code, out, err = run(capsys, str(tmp_path), missing, good, "--model", release, "--beam", "1")
     assert code == 1 and out.count("\n") == 1 and out.startswith(good + ": ")
+    assert re.fullmatch(r".*  \(\d{1,3}%\)\n", out)  # with several files, each's confidence
     lines = err.splitlines()
     problems = {"blank": "no ink", "empty": "empty", "notes": "not a readable image"}
     for stem, words in problems.items():
         line = next(x for x in lines if f"{tmp_path / stem}.png: " in x)
         assert line.startswith("hmer: error: ") and words in line.lower()
     assert any(f"{missing}: " in x and "no such file" in x.lower() for x in lines)
-    assert lines[-1] == "hmer: error: 4 of 5 files could not be read"
+    assert lines[-1] == "hmer: error: 4 of 5 files failed"
     assert "Traceback" not in err and "Exception" not in err

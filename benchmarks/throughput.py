@@ -1,0 +1,102 @@
+"""Throughput of ``hmer recognize DIR`` with --batch and --jobs, on official-like test bitmaps.
+
+Writes the first N CROHME 2014 test expressions as PNGs (as ``robustness.py --write`` does), then
+times whole ``hmer recognize DIR --format tsv`` runs (start-up and model loading included, as a
+user waits for them) for each beam / batch / jobs setting, and reports files/s, ExpRate (exact
+tokens) and how many predictions equal those of the same beam's first run::
+
+    python benchmarks/throughput.py --limit 100
+    python benchmarks/throughput.py --limit 40 --settings 1:1:1,1:16:1,1:1:2 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from robustness import write_test_images  # noqa: E402
+
+from hmer.data.dataset import load_cached  # noqa: E402
+
+DEFAULT_SETTINGS = "1:1:1,1:16:1,1:1:2,1:16:2,10:1:1,10:4:1,10:1:2"
+
+
+def run(folder: Path, beam: int, batch: int, jobs: int, model: str | None) -> tuple[float, dict]:
+    """Seconds for one ``hmer recognize`` run and its predictions by file id."""
+    cmd = [sys.executable, "-m", "hmer.cli", "recognize", str(folder), "--format", "tsv"]
+    cmd += ["--beam", str(beam), "--batch", str(batch), "--jobs", str(jobs), "--no-progress"]
+    cmd += ["--timeout", "0"]  # a loaded machine must not turn slow inputs into failures
+    if model:
+        cmd += ["--model", model]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    out = done.stdout
+    # Exit 1 with some answers: some inputs failed, counted as wrong. Anything else is a crash.
+    if done.returncode not in (0, 1) or not out.strip():
+        raise RuntimeError(f"hmer recognize failed: {done.stderr[-500:]}")
+    seconds = time.perf_counter() - t0
+    preds = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    return seconds, preds
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="a .safetensors release (default: the shipped image model)")
+    p.add_argument("--limit", type=int, default=100, help="test expressions (the first N)")
+    p.add_argument(
+        "--settings",
+        default=DEFAULT_SETTINGS,
+        help="comma-separated BEAM:BATCH:JOBS runs; each beam's first run is its reference",
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    samples = load_cached("2014").samples[: args.limit]
+    rows: list[dict] = []
+    reference: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "png"
+        write_test_images(samples, folder)
+        truth_file = folder / "truth.tsv"
+        truth = dict(line.split("\t", 1) for line in truth_file.read_text().splitlines())
+        truth_file.unlink()
+        for setting in args.settings.split(","):
+            beam, batch, jobs = (int(v) for v in setting.split(":"))
+            seconds, preds = run(folder, beam, batch, jobs, args.model)
+            ref = reference.setdefault(beam, preds)
+            same = sum(preds.get(k) == v for k, v in ref.items()) / max(len(ref), 1)
+            right = sum(preds.get(k) == v for k, v in truth.items()) / max(len(truth), 1)
+            rows.append(
+                {
+                    "beam": beam,
+                    "batch": batch,
+                    "jobs": jobs,
+                    "files": len(preds),
+                    "seconds": round(seconds, 1),
+                    "files_per_s": round(len(preds) / seconds, 2),
+                    "exprate": round(100 * right, 1),
+                    "same_as_reference": round(100 * same, 1),
+                }
+            )
+            if not args.json:
+                r = rows[-1]
+                print(
+                    f"beam {beam:>2}  batch {batch:>2}  jobs {jobs}  {r['files']} files  "
+                    f"{r['seconds']:>6} s  {r['files_per_s']:>6} files/s  "
+                    f"ExpRate {r['exprate']}%  same as reference {r['same_as_reference']}%",
+                    flush=True,
+                )
+    if args.json:
+        print(json.dumps({"cpus": os.cpu_count(), "runs": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
