@@ -295,16 +295,31 @@ def test_resizing_the_window_or_rotating_a_phone_keeps_all_ink_in_sight(browser,
         context.close()
 
 
-def test_a_refused_file_clears_the_previous_result(browser, server, tmp_path):
+def test_crop_an_upload_and_a_refused_file_clears_the_previous_result(browser, server, tmp_path):
     context, page, problems = open_page(browser, server, viewport={"width": 1100, "height": 800})
     try:
         image = tmp_path / "expr.png"
-        image.write_bytes(png_bytes())
+        image.write_bytes(png_bytes(size=(240, 96)))
         with answer(page):
             page.set_input_files("#file", str(image))
         page.wait_for_function(RESULT_SHOWN, timeout=30_000)
         assert page.input_value("#latex") and page.locator("#alts li").count() == 2
-        assert page.evaluate(INK_BOX)["n"] > 0  # the picture is on the pad
+        whole = page.evaluate(INK_BOX)  # the picture, opaque, shown at its size
+        assert (whole["x1"] - whole["x0"] + 1, whole["y1"] - whole["y0"] + 1) == (240, 96)
+        # Crop: a box dragged over the left half of the picture (shown at its size, centred).
+        page.click("#crop")
+        pad = page.locator("#pad").bounding_box()
+        cx, cy = pad["x"] + pad["width"] / 2, pad["y"] + pad["height"] / 2
+        with answer(page) as got:
+            page.mouse.move(cx - 130, cy - 60)
+            page.mouse.down()
+            page.mouse.move(cx, cy + 60, steps=5)
+            page.mouse.up()
+        assert got.value.ok
+        # The pad now shows the cropped picture: its left half, clipped to the picture.
+        shown = page.evaluate(INK_BOX)
+        assert (shown["x1"] - shown["x0"] + 1, shown["y1"] - shown["y0"] + 1) == (120, 96)
+        assert page.locator("#crop").is_visible()
         notes = tmp_path / "notes.txt"
         notes.write_text("not an image")
         page.set_input_files("#file", str(notes))
