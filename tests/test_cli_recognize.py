@@ -85,3 +85,15 @@ def test_errors_name_the_file_and_the_problem(capsys, release, images, tmp_path)
     assert any(f"{missing}: " in x and "no such file" in x.lower() for x in lines)
     assert lines[-1] == "hmer: error: 4 of 5 files failed"
     assert "Traceback" not in err and "Exception" not in err
+
+
+def test_every_shipped_example_has_a_well_formed_truth():
+    from pathlib import Path
+
+    import hmer
+    from hmer.data.latex import is_valid
+
+    folder = Path(hmer.__file__).parent / "examples"
+    truths = dict(line.split("\t") for line in (folder / "truth.tsv").read_text().splitlines())
+    assert {p.stem for p in folder.glob("*.png")} == set(truths) and len(truths) >= 8
+    assert all(is_valid(t.split()) for t in truths.values())
