@@ -21,7 +21,9 @@ def fake_decoder(monkeypatch, *sequences: list[str]) -> Recognizer:
         Hypothesis(VOCAB.encode(s), -0.1 * (k + 1), -0.1 * (k + 1)) for k, s in enumerate(sequences)
     ]
     monkeypatch.setattr(recognize_mod, "recognize_batch", lambda *a, **k: [hyps])
-    return Recognizer(torch.nn.Identity(), VOCAB, "fake")
+    model = torch.nn.Identity()
+    model.input_kind = "image"  # the one attribute of the model contract a Recognizer reads
+    return Recognizer(model, VOCAB, "fake")
 
 
 def image() -> np.ndarray:

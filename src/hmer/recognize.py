@@ -103,7 +103,7 @@ class Recognizer:
         self.name = name
         self.beam = beam
         self.timeout_s = timeout_s
-        self.input_kind = getattr(model, "input_kind", "image")
+        self.input_kind = model.input_kind  # hmer.models.base: "image" or "strokes"
         # bf16 kernels are not faster for single-expression decoding; keep fp32 at inference.
         self._lock = threading.Lock()
 

@@ -63,7 +63,7 @@ def save_release(
     }
     save_file(tensors, str(path), metadata=meta)
     manifest = read_manifest(path.parent)
-    entry = {"sha256": sha256(path), "input_kind": getattr(model, "input_kind", "image")}
+    entry = {"sha256": sha256(path), "input_kind": model.input_kind}
     if default_for:
         entry["default_for"] = default_for
         for other in manifest.values():

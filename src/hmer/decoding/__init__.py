@@ -13,6 +13,7 @@ from hmer.decoding.search import (
     check_deadline,
     greedy,
 )
+from hmer.models.base import CTCModel, Seq2SeqModel
 
 __all__ = [
     "DecodingTimeout",
@@ -29,7 +30,7 @@ __all__ = [
 
 @torch.no_grad()
 def recognize_batch(
-    model,
+    model: Seq2SeqModel | CTCModel,
     inputs: torch.Tensor,
     masks: torch.Tensor,
     beam: int = 10,
@@ -40,16 +41,15 @@ def recognize_batch(
 
     ``beam <= 1`` gives greedy decoding (one hypothesis each). Otherwise CTC models get prefix
     beam search, bidirectional seq2seq models beam search in both directions with rescoring, and
-    others (``model.bidirectional == False``) left-to-right beam search. The caller chooses
+    others (``model.bidirectional`` false) left-to-right beam search. The caller chooses
     ``model.eval()`` and any autocast. Past ``deadline`` (a ``time.monotonic()`` value) decoding
     stops with :class:`DecodingTimeout`.
     """
     if model.kind == "ctc":
         log_probs, lengths = model.ctc_log_probs(inputs, masks)
-        blank = getattr(model, "blank", 0)
         if beam <= 1:
-            return [[h] for h in ctc_greedy(log_probs, lengths, blank)]
-        return ctc_beam_batch(log_probs, lengths, beam, blank)
+            return [[h] for h in ctc_greedy(log_probs, lengths, model.blank)]
+        return ctc_beam_batch(log_probs, lengths, beam, model.blank)
     if model.kind != "seq2seq":
         raise ValueError(f"unknown model kind {model.kind!r}")
     check_deadline(deadline)
@@ -57,11 +57,10 @@ def recognize_batch(
     n = inputs.shape[0]
     if beam <= 1:
         return [[h] for h in greedy(model, mem, n, "l2r", max_len, deadline)]
-    both = getattr(model, "bidirectional", True)
     out = []
     for i in range(n):
         one = model.select(mem, torch.tensor([i], device=inputs.device))
-        if both:
+        if model.bidirectional:
             out.append(bidirectional_beam_search(model, one, beam, max_len, deadline=deadline))
         else:
             out.append(beam_search(model, one, beam, "l2r", max_len, deadline=deadline))

@@ -1,7 +1,8 @@
 """Greedy and beam search for autoregressive models, with bidirectional rescoring.
 
-A model exposes ``encode(images, masks) -> mem``, ``select(mem, index) -> mem``,
-``step(mem, prefix) -> log-probs of the next token`` and ``start_tokens(direction)``.
+Models implement :class:`hmer.models.base.Seq2SeqModel` (``encode``, ``select``, ``step``,
+``decode``, ``start_tokens``); those that also implement
+:class:`~hmer.models.base.IncrementalDecoder` are stepped one position at a time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hmer.models.transformer import PAD
+from hmer.data.vocab import PAD_ID as PAD
+from hmer.models.base import IncrementalDecoder, Memory, Seq2SeqModel
 
 
 class DecodingTimeout(TimeoutError):
@@ -43,9 +45,10 @@ class _Stepper:
     decoding state (``decoder_state``/``step_state``/``reorder_state``), else from the whole
     prefix."""
 
-    def __init__(self, model, mem: dict):
+    def __init__(self, model: Seq2SeqModel, mem: Memory):
         self.model, self.mem = model, mem
-        self.state = model.decoder_state(mem) if hasattr(model, "decoder_state") else None
+        incremental = isinstance(model, IncrementalDecoder)
+        self.state = model.decoder_state(mem) if incremental else None
 
     def __call__(self, prefix: torch.Tensor) -> torch.Tensor:
         if self.state is None:
@@ -65,8 +68,8 @@ class _Stepper:
 
 @torch.no_grad()
 def greedy(
-    model,
-    mem: dict,
+    model: Seq2SeqModel,
+    mem: Memory,
     batch: int,
     direction: str = "l2r",
     max_len: int = 200,
@@ -102,8 +105,8 @@ def greedy(
 
 @torch.no_grad()
 def beam_search(
-    model,
-    mem: dict,
+    model: Seq2SeqModel,
+    mem: Memory,
     beam: int = 10,
     direction: str = "l2r",
     max_len: int = 200,
@@ -121,8 +124,8 @@ def beam_search(
 
 @torch.no_grad()
 def grouped_beam_search(
-    model,
-    mem: dict,
+    model: Seq2SeqModel,
+    mem: Memory,
     directions: tuple[str, ...] = ("l2r", "r2l"),
     beam: int = 10,
     max_len: int = 200,
@@ -205,7 +208,9 @@ def grouped_beam_search(
 
 
 @torch.no_grad()
-def sequence_logprob(model, mem: dict, hyps: list[list[int]], direction: str) -> list[float]:
+def sequence_logprob(
+    model: Seq2SeqModel, mem: Memory, hyps: list[list[int]], direction: str
+) -> list[float]:
     """Log-probability of each full token sequence (left-to-right ids) read in ``direction``.
 
     ``mem`` is one input's (batch 1): every sequence reads that one memory row.
@@ -228,8 +233,8 @@ def sequence_logprob(model, mem: dict, hyps: list[list[int]], direction: str) ->
 
 @torch.no_grad()
 def bidirectional_beam_search(
-    model,
-    mem: dict,
+    model: Seq2SeqModel,
+    mem: Memory,
     beam: int = 10,
     max_len: int = 200,
     length_penalty: float = 1.0,

@@ -99,3 +99,32 @@ def attention_grid(
     for i, c in enumerate(cells):
         grid.paste(c, ((i % columns) * (w + 4), (i // columns) * (h + 20)))
     return grid
+
+
+def stroke_attention_images(
+    features: np.ndarray, maps: np.ndarray, px: float = 32.0, pad: int = 8
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The pen trajectory of point ``features`` (``hmer.data.strokes.FEATURES``) drawn at ``px``
+    pixels per symbol size, and one heat image per map of ``maps`` (steps, 1, n): each point
+    takes the weight of the memory position that covers it (the n positions split the points
+    evenly, as the encoder's strided convolutions do)."""
+    xy = features[:, :2].astype(np.float64)
+    xy = (xy - xy.min(0)) * px + pad
+    w, h = (int(np.ceil(v)) + pad + 1 for v in xy.max(0))
+    base = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(base)
+    down = features[:, 6] > 0.5
+    for i in range(1, len(xy)):
+        if down[i]:
+            draw.line([tuple(xy[i - 1]), tuple(xy[i])], fill=255, width=2)
+    n_points, n_mem = len(xy), maps.shape[-1]
+    cover = np.minimum(n_mem - 1, np.arange(n_points) * n_mem // n_points)
+    heats = []
+    for m in maps.reshape(len(maps), -1):
+        weights = m[cover] / max(float(m.max()), 1e-9)
+        heat = np.zeros((h, w), np.float32)
+        for (x, y), a in zip(xy.astype(int), weights, strict=True):
+            cell = heat[max(0, y - 4) : y + 5, max(0, x - 4) : x + 5]
+            np.maximum(cell, a, out=cell)  # a point's square; overlaps keep the stronger
+        heats.append(heat)
+    return np.asarray(base), heats

@@ -109,7 +109,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("explain", help="PNG of each output token's attention over the input")
+    p = sub.add_parser(
+        "explain",
+        help="PNG of where each output token was read in the input (attention; for CTC "
+        "models the frames that emitted it)",
+    )
     p.add_argument("input", help="an image or .inkml file")
     p.add_argument("-o", "--output", required=True)
     p.add_argument(
@@ -386,44 +390,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from hmer.data.images import ImageError, prepare_image
-    from hmer.data.inkml import InkMLError, read_inkml
-    from hmer.data.render import render_natural
-    from hmer.decoding.search import greedy
-    from hmer.evaluation.plots import attention_grid
-    from hmer.recognize import MAX_IMAGE_SIZE
+    from hmer.data.batching import pad_images
+    from hmer.data.strokes import pad_points
+    from hmer.decoding.explain import explain
+    from hmer.evaluation.plots import attention_grid, stroke_attention_images
+    from hmer.models.encoders import STRIDE
+    from hmer.recognize import Recognizer
     from hmer.weights import WeightsError, load_any
 
     try:
-        model, vocab, _ = load_any(args.model)
+        model, vocab, name = load_any(args.model)
     except WeightsError as exc:
         _err(str(exc))
         return 1
-    if getattr(model, "input_kind", "image") != "image" or not hasattr(model, "decode"):
-        _err("explain needs an image model with an attention decoder")
-        return 2
-    try:
-        if args.input.lower().endswith(".inkml"):
-            img = render_natural(read_inkml(args.input).traces, max_size=MAX_IMAGE_SIZE)
-        else:
-            img = prepare_image(args.input, args.input, max_size=MAX_IMAGE_SIZE)
-    except (ImageError, InkMLError) as exc:
-        _err(str(exc))
+    rec = Recognizer(model, vocab, name)
+    try:  # the input as hmer recognize makes it: a bitmap, or point features for stroke models
+        x = rec.prepare_file(args.input)
+    except (ValueError, OSError) as exc:
+        _err(_problem(Path(args.input), exc))
         return 1
-    x = torch.from_numpy(img.astype(np.float32) / 255)[None, None]
+    strokes = rec.input_kind == "strokes"
+    inputs, masks = pad_points([x]) if strokes else pad_images([x])
     with torch.inference_mode():
-        mem = model.encode(x, torch.zeros(1, *img.shape, dtype=torch.bool))
-        hyp = greedy(model, mem, 1)[0]
-        tgt = torch.tensor([[1, *hyp.ids]])
-        _, attns = model.decode(mem, tgt, return_attn=True)
-    h, w = mem["hw"]
-    att = attns[-1][0].mean(0)  # last layer, mean over heads: (T, h*w)
-    tokens = [*vocab.decode(hyp.ids), "<eos>"]
-    maps = [att[t].reshape(h, w).float().numpy() for t in range(len(tokens))]
-    # the encoder pads to a multiple of 16: show the attention over the padded image
-    ph, pw = h * 16, w * 16
-    padded = np.zeros((ph, pw), np.uint8)
-    padded[: img.shape[0], : img.shape[1]] = img
-    attention_grid(padded, maps, tokens).save(args.output)
-    print(f"{' '.join(tokens[:-1])}\nwrote {args.output}")
+        ex = explain(model, inputs, masks)
+    tokens = [vocab.itos[i] if i < len(vocab) else "<unk>" for i in ex.ids]
+    if ex.kind == "attention":
+        tokens.append("<eos>")
+    if strokes:
+        picture, maps = stroke_attention_images(x, ex.maps)
+    else:  # the encoder pads to its stride: show the maps over the padded image
+        h, w = ex.maps.shape[1:]
+        picture = np.zeros((h * STRIDE, w * STRIDE), np.uint8)
+        picture[: x.shape[0], : x.shape[1]] = x
+        maps = list(ex.maps)
+    attention_grid(picture, maps, tokens).save(args.output)
+    what = "attention per token" if ex.kind == "attention" else "frames emitting each token (CTC)"
+    print(f"{' '.join(vocab.decode(ex.ids))}\nwrote {args.output}: {what}")
     return 0

@@ -57,7 +57,7 @@ def _out_path(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from hmer.data.dataset import Split, default_data_dir, read_captions, save_atomic
-    from hmer.data.vocab import Vocab
+    from hmer.data.vocab import SPECIALS, Vocab
     from hmer.synthesis.generate import generate, preview_grid, read_im2latex, to_inkml
     from hmer.synthesis.glyphs import load_bank
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not dictionary.exists():
         print(f"error: {dictionary} not found (set --data-dir or HMER_DATA)", file=sys.stderr)
         return 2
-    vocab = set(Vocab.from_dictionary(dictionary).itos[4:])
+    vocab = set(Vocab.from_dictionary(dictionary).itos[len(SPECIALS) :])
 
     t0 = time.perf_counter()
     bank = load_bank(args.train_inkml, rebuild=args.rebuild_bank)

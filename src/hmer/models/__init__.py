@@ -1,6 +1,16 @@
 """Model families. Importing this package registers every family in the registry."""
 
 from hmer.models import crnn, seq2seq, strokes, transformer  # noqa: F401
-from hmer.models.registry import create_model, list_models, register
+from hmer.models.base import CTCModel, IncrementalDecoder, Memory, Seq2SeqModel
+from hmer.models.registry import create_model, list_models, model_parameters, register
 
-__all__ = ["create_model", "list_models", "register"]
+__all__ = [
+    "CTCModel",
+    "IncrementalDecoder",
+    "Memory",
+    "Seq2SeqModel",
+    "create_model",
+    "list_models",
+    "model_parameters",
+    "register",
+]

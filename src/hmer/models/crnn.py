@@ -16,10 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from hmer.data.vocab import EOS_ID, PAD_ID, SOS_ID
 from hmer.models.encoders import build_encoder, downsample_mask, pad_to_stride
 from hmer.models.registry import register
+from hmer.models.targets import LABEL_SMOOTHING
 
-BLANK, SOS, EOS = 0, 1, 2
+BLANK = PAD_ID  # <pad> never occurs in a target
 _NEG = -1e4  # "impossible" score that stays finite in bf16 and in the CTC recursions
 
 
@@ -110,11 +112,13 @@ class CRNN(nn.Module):
         y, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
         logits = self.head(self.drop(y)).float()
         special = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-        special[[SOS, EOS]] = True
+        special[[SOS_ID, EOS_ID]] = True
         logits = logits.masked_fill(special, _NEG)
         return logits.log_softmax(-1).transpose(0, 1), lengths
 
-    def forward(self, images, masks, tokens, label_smoothing: float = 0.0) -> torch.Tensor:
+    def forward(
+        self, images, masks, tokens, label_smoothing: float = LABEL_SMOOTHING
+    ) -> torch.Tensor:
         """CTC loss per target token, averaged over the batch (``label_smoothing`` is unused)."""
         return self.loss(images, masks, tokens)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from hmer.models.base import Memory
 from hmer.models.encoders import build_encoder, downsample_mask, pad_to_stride
 from hmer.models.registry import register
-from hmer.models.targets import EOS, SOS, teacher_forcing, token_loss
+from hmer.models.targets import EOS, LABEL_SMOOTHING, SOS, teacher_forcing, token_loss
 
 
 class GRUCell(nn.Module):
@@ -105,7 +106,7 @@ class Seq2SeqHMER(nn.Module):
         self.vocab_size = vocab_size
 
     # -- encoder -----------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor, masks: torch.Tensor) -> dict:
+    def encode(self, images: torch.Tensor, masks: torch.Tensor) -> Memory:
         """Images (B,1,H,W) with padding masks (B,H,W) -> memory for decoding.
 
         The memory carries a cache of decoder states keyed by (input row, prefix) that ``step``
@@ -126,14 +127,14 @@ class Seq2SeqHMER(nn.Module):
             "cache": {},
         }
 
-    def select(self, mem: dict, index: torch.Tensor) -> dict:
+    def select(self, mem: Memory, index: torch.Tensor) -> Memory:
         """Memory rows in ``index`` order (for batching hypotheses)."""
         out = {k: mem[k][index] for k in ("memory", "keys", "mem_pad")}
         cpu_index = index.cpu()
         return {**out, "hw": mem["hw"], "rows": mem["rows"][cpu_index], "cache": mem["cache"]}
 
     # -- decoder -----------------------------------------------------------------------------
-    def _start(self, mem: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _start(self, mem: Memory) -> tuple[torch.Tensor, torch.Tensor | None]:
         valid = (~mem["mem_pad"]).unsqueeze(-1).to(mem["memory"].dtype)
         mean = (mem["memory"] * valid).sum(1) / valid.sum(1).clamp(min=1)
         state = torch.tanh(self.init_state(mean)).float()
@@ -141,9 +142,10 @@ class Seq2SeqHMER(nn.Module):
         return state, cov
 
     def _advance(
-        self, mem: dict, prev: torch.Tensor, state: torch.Tensor, cov: torch.Tensor | None
+        self, mem: Memory, prev: torch.Tensor, state: torch.Tensor, cov: torch.Tensor | None
     ):
-        """One decoder step from token ids ``prev`` (N,): logits (N,V), new state and coverage."""
+        """One decoder step from token ids ``prev`` (N,): logits (N,V), new state and coverage,
+        and the attention weights (N,n) it read the memory with."""
         e = self.embed(prev)
         s_hat = self.gru1(e, state)
         alpha = self.attn(s_hat, mem["keys"], mem["mem_pad"], mem["hw"], cov)
@@ -151,18 +153,26 @@ class Seq2SeqHMER(nn.Module):
         state = self.gru2(ctx, s_hat)
         out = torch.tanh(self.out_e(e) + self.out_s(state) + self.out_c(ctx))
         logits = self.head(self.drop(out))
-        return logits, state, (cov + alpha if cov is not None else None)
+        return logits, state, (cov + alpha if cov is not None else None), alpha
 
-    def decode(self, mem: dict, tgt: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B,T,V) for input tokens ``tgt`` (B,T)."""
+    def _teacher_forced(self, mem: Memory, tgt: torch.Tensor):
         state, cov = self._start(mem)
-        out = []
+        logits, alphas = [], []
         for t in range(tgt.shape[1]):
-            logits, state, cov = self._advance(mem, tgt[:, t], state, cov)
-            out.append(logits)
-        return torch.stack(out, 1)
+            out, state, cov, alpha = self._advance(mem, tgt[:, t], state, cov)
+            logits.append(out)
+            alphas.append(alpha)
+        return torch.stack(logits, 1), torch.stack(alphas, 1)
 
-    def step(self, mem: dict, prefix: torch.Tensor) -> torch.Tensor:
+    def decode(self, mem: Memory, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B,T,V) for input tokens ``tgt`` (B,T)."""
+        return self._teacher_forced(mem, tgt)[0]
+
+    def attention(self, mem: Memory, tgt: torch.Tensor) -> torch.Tensor:
+        """The attention weights (B,T,n) of each teacher-forced step."""
+        return self._teacher_forced(mem, tgt)[1]
+
+    def step(self, mem: Memory, prefix: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (N,V) of the next token after each prefix (N,t).
 
         Without gradients, states of earlier calls are reused when every row's prefix minus its
@@ -175,11 +185,11 @@ class Seq2SeqHMER(nn.Module):
         if cache is not None and prefix.shape[1] > 1 and all(k in cache for k in keys):
             state = torch.stack([cache[k][0] for k in keys])
             cov = torch.stack([cache[k][1] for k in keys]) if self.coverage else None
-            logits, state, cov = self._advance(mem, prefix[:, -1], state, cov)
+            logits, state, cov, _ = self._advance(mem, prefix[:, -1], state, cov)
         else:
             state, cov = self._start(mem)
             for t in range(prefix.shape[1]):
-                logits, state, cov = self._advance(mem, prefix[:, t], state, cov)
+                logits, state, cov, _ = self._advance(mem, prefix[:, t], state, cov)
         if cache is not None:
             for i, (r, p) in enumerate(zip(rows, toks, strict=True)):
                 cache[(r, tuple(p))] = (state[i], cov[i] if cov is not None else None)
@@ -192,7 +202,9 @@ class Seq2SeqHMER(nn.Module):
         return SOS, EOS
 
     # -- training ----------------------------------------------------------------------------
-    def forward(self, images, masks, tokens, label_smoothing: float = 0.1) -> torch.Tensor:
+    def forward(
+        self, images, masks, tokens, label_smoothing: float = LABEL_SMOOTHING
+    ) -> torch.Tensor:
         """Training loss (so that DistributedDataParallel can wrap the model)."""
         return self.loss(images, masks, tokens, label_smoothing)
 
@@ -201,7 +213,7 @@ class Seq2SeqHMER(nn.Module):
         images: torch.Tensor,
         masks: torch.Tensor,
         tokens: list[list[int]],
-        label_smoothing: float = 0.1,
+        label_smoothing: float = LABEL_SMOOTHING,
     ) -> torch.Tensor:
         """Left-to-right cross-entropy with teacher forcing."""
         mem = self.encode(images, masks)

@@ -2,8 +2,9 @@
 
 Point features (``hmer.data.strokes.ink_features``) go through strided 1-D convolutions (local
 shape, and fewer positions for the decoder to attend to) and a Transformer or BiGRU context
-encoder. The decoder is TransformerHMER's coverage Transformer, trained in both directions; its
-coverage refiner reads the 1-D memory as a feature map of height 1 (hw = (1, N)).
+encoder. The decoder is the transformer family's coverage decoder
+(:class:`hmer.models.decoder.CoverageDecoderModel`), trained in both directions; its coverage
+refiner reads the 1-D memory as a feature map of height 1 (hw = (1, N)).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hmer.data.strokes import N_FEATURES
+from hmer.models.base import Memory
+from hmer.models.decoder import CoverageDecoderModel
 from hmer.models.positional import WordPosEnc
 from hmer.models.registry import register
-from hmer.models.transformer import TransformerHMER
 
 
 class ConvBlock(nn.Module):
@@ -101,16 +103,14 @@ class StrokeEncoder(nn.Module):
 
 
 @register("strokes")
-class StrokeHMER(TransformerHMER):
-    """Point sequences to LaTeX: stroke encoder + TransformerHMER's coverage decoder.
+class StrokeHMER(CoverageDecoderModel):
+    """Point sequences to LaTeX: stroke encoder + the coverage Transformer decoder.
 
-    ``context="gru"`` gives a TAP-like BiGRU context encoder instead of the Transformer one.
-
-    Only the encoder differs: the decoder modules carry TransformerHMER's attribute names, so its
-    ``decode``, ``step``, ``select``, ``start_tokens`` and two-direction ``loss`` apply unchanged.
+    ``context="gru"`` gives a TAP-like BiGRU context encoder instead of the Transformer one. The
+    decoder's parameters carry the image model's names, so ``--init-partial`` can take it from
+    a released image model.
     """
 
-    kind = "seq2seq"
     input_kind = "strokes"
 
     def __init__(
@@ -131,8 +131,7 @@ class StrokeHMER(TransformerHMER):
         coverage: bool = True,
         max_len: int = 200,
     ):
-        nn.Module.__init__(self)  # not TransformerHMER.__init__: it would build an image encoder
-        self.encoder = StrokeEncoder(
+        encoder = StrokeEncoder(
             in_features,
             d_model,
             tuple(conv_channels),
@@ -144,9 +143,19 @@ class StrokeHMER(TransformerHMER):
             context_ffn or ffn,
             dropout,
         )
-        self._init_decoder(vocab_size, d_model, nhead, num_layers, ffn, dropout, coverage, max_len)
+        super().__init__(
+            {"encoder": encoder},
+            vocab_size,
+            d_model,
+            nhead,
+            num_layers,
+            ffn,
+            dropout,
+            coverage,
+            max_len,
+        )
 
-    def encode(self, inputs: torch.Tensor, masks: torch.Tensor) -> dict:
+    def encode(self, inputs: torch.Tensor, masks: torch.Tensor) -> Memory:
         """Point features (B,N,F) with padding masks (B,N) -> memory for decoding."""
         feat, mask = self.encoder(inputs, masks)
         feat = self.feat_norm(feat)

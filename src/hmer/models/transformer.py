@@ -1,146 +1,34 @@
-"""CoMER family: image encoder + Transformer decoder with attention coverage, trained both ways.
+"""Transformer family (CoMER, BTTR): image encoder, 2-D positions, the coverage Transformer decoder.
 
-Left-to-right targets start with <sos> and end with <eos>; right-to-left targets are the reversed
-tokens, starting with <eos> and ending with <sos> (as in BTTR), so one decoder learns both
-directions and each can rescore the other's hypotheses.
+The decoder, its two-direction training and incremental decoding are
+:class:`hmer.models.decoder.CoverageDecoderModel`, shared with the stroke family; this module
+is the image front end.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from hmer.models.base import Memory
+from hmer.models.decoder import (  # noqa: F401  (the decoder's parts, where they used to be)
+    CoverageDecoderModel,
+    CoverageRefiner,
+    DecoderLayer,
+    _matmul_shared,
+)
 from hmer.models.encoders import build_encoder, downsample_mask, pad_to_stride
-from hmer.models.positional import ImgPosEnc, WordPosEnc, _sinusoid
+from hmer.models.positional import ImgPosEnc
 from hmer.models.registry import register
-from hmer.models.targets import EOS, PAD, SOS, teacher_forcing, token_loss
-
-
-class CoverageRefiner(nn.Module):
-    """CoMER's attention refinement: past attention (summed over earlier steps) lowers the scores
-    of regions already read, through a small convolution over the 2-D attention maps."""
-
-    def __init__(self, nhead: int, in_maps: int, channels: int = 32, kernel: int = 5):
-        super().__init__()
-        self.conv = nn.Conv2d(in_maps, channels, kernel, padding=kernel // 2)
-        self.proj = nn.Conv2d(channels, nhead, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(
-        self, attn: torch.Tensor, mem_pad: torch.Tensor, hw: tuple[int, int]
-    ) -> torch.Tensor:
-        return self.from_coverage(attn.cumsum(2) - attn, mem_pad, hw)  # steps before t
-
-    def from_coverage(
-        self, cum: torch.Tensor, mem_pad: torch.Tensor, hw: tuple[int, int]
-    ) -> torch.Tensor:
-        """Score corrections (B, heads, T, L) from summed past attention (B, maps, T, L)."""
-        b, c, t, n = cum.shape
-        h, w = hw
-        x = cum.transpose(1, 2).reshape(b * t, c, h, w)
-        x = F.relu(self.conv(x))
-        # mem_pad may have one row shared by all b (beams of one input): expand, don't copy.
-        pad = mem_pad.view(-1, 1, 1, h, w).expand(b, t, 1, h, w).reshape(b * t, 1, h, w)
-        x = self.proj(x.masked_fill(pad, 0.0))
-        return x.view(b, t, -1, n).transpose(1, 2)
-
-
-def _matmul_shared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for a (N,heads,T,x) and b (N or 1,heads,x,y).
-
-    When all N rows read one memory row (beams of one input), the rows are folded into T: a
-    broadcast matmul would first copy ``b`` N times.
-    """
-    if b.shape[0] != 1:
-        return a @ b
-    n, h, t, x = a.shape
-    out = a.transpose(0, 1).reshape(1, h, n * t, x) @ b
-    return out.view(h, n, t, -1).transpose(0, 1)
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm Transformer decoder layer whose cross-attention exposes and refines its weights."""
-
-    def __init__(self, d: int, nhead: int, ffn: int, dropout: float, coverage: bool, first: bool):
-        super().__init__()
-        self.nhead = nhead
-        self.self_attn = nn.MultiheadAttention(d, nhead, dropout=dropout, batch_first=True)
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.out = nn.Linear(d, d)
-        self.ffn = nn.Sequential(
-            nn.Linear(d, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, d)
-        )
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
-        # self coverage from this layer, cross coverage from the layer below (none for the first)
-        self.arm = CoverageRefiner(nhead, nhead if first else 2 * nhead) if coverage else None
-
-    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n, d = memory.shape
-        k, v = self.kv(memory).view(b, n, 2, self.nhead, d // self.nhead).permute(2, 0, 3, 1, 4)
-        return k, v
-
-    def _cross_scores(self, h, k, mem_pad, prev_attn):
-        """Cross-attention scores (B,heads,T,N) of queries ``h`` over the memory keys ``k``, and
-        the attention maps the coverage refiner reads (None without coverage)."""
-        b, t, d = h.shape
-        q = self.q(h).view(b, t, self.nhead, d // self.nhead).transpose(1, 2)
-        scores = _matmul_shared(q, k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
-        scores = scores.masked_fill(mem_pad[:, None, None, :], float("-inf"))
-        if self.arm is None:
-            return scores, None
-        raw = scores.softmax(-1)
-        return scores, raw if prev_attn is None else torch.cat([prev_attn, raw], 1)
-
-    @staticmethod
-    def _read(attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention-weighted memory values, heads merged: (B,T,d)."""
-        ctx = _matmul_shared(attn.to(v.dtype), v)  # B, heads, T, d/heads
-        b, _, t, _ = ctx.shape
-        return ctx.transpose(1, 2).reshape(b, t, -1)
-
-    def forward(self, x, kv, mem_pad, hw, causal, tgt_pad, prev_attn):
-        h = self.norm1(x)
-        sa = self.self_attn(h, h, h, attn_mask=causal, key_padding_mask=tgt_pad, need_weights=False)
-        x = x + self.drop(sa[0])
-        scores, maps = self._cross_scores(self.norm2(x), kv[0], mem_pad, prev_attn)
-        if maps is not None:
-            scores = scores - self.arm(maps, mem_pad, hw).float()
-        attn = scores.softmax(-1)
-        x = x + self.drop(self.out(self._read(self.drop(attn), kv[1])))
-        x = x + self.drop(self.ffn(self.norm3(x)))
-        return x, attn
-
-    def step(self, x, kv, mem_pad, hw, cache: dict, prev_attn):
-        """One new position (N,1,d) given this layer's ``cache`` of earlier ones (eval only)."""
-        h = self.norm1(x)
-        cache["h"] = h if cache.get("h") is None else torch.cat([cache["h"], h], 1)
-        x = x + self.self_attn(h, cache["h"], cache["h"], need_weights=False)[0]
-        scores, maps = self._cross_scores(self.norm2(x), kv[0], mem_pad, prev_attn)
-        if maps is not None:
-            cov = cache.get("cov")
-            if cov is None:
-                cov = torch.zeros_like(maps)
-            scores = scores - self.arm.from_coverage(cov, mem_pad, hw).float()
-            cache["cov"] = cov + maps
-        attn = scores.softmax(-1)
-        x = x + self.out(self._read(attn, kv[1]))
-        return x + self.ffn(self.norm3(x)), attn
 
 
 @register("transformer")
-class TransformerHMER(nn.Module):
+class TransformerHMER(CoverageDecoderModel):
     """Image-to-LaTeX with a CNN encoder, 2-D positions and a coverage Transformer decoder.
 
     CoMER-style with coverage (the default); ``coverage=False`` gives BTTR.
     """
 
-    kind = "seq2seq"
     input_kind = "image"
 
     def __init__(
@@ -156,31 +44,17 @@ class TransformerHMER(nn.Module):
         coverage: bool = True,
         max_len: int = 200,
     ):
-        super().__init__()
-        self.encoder = build_encoder(encoder, **(encoder_cfg or {}))
-        self.feat_proj = nn.Conv2d(self.encoder.out_channels, d_model, 1)
-        self.img_pos = ImgPosEnc(d_model)
-        self._init_decoder(vocab_size, d_model, nhead, num_layers, ffn, dropout, coverage, max_len)
-
-    def _init_decoder(
-        self, vocab_size, d_model, nhead, num_layers, ffn, dropout, coverage, max_len
-    ) -> None:
-        """Everything after the encoder (shared with the stroke model)."""
-        self.feat_norm = nn.LayerNorm(d_model)
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.word_pos = WordPosEnc(d_model)
-        self.embed_norm = nn.LayerNorm(d_model)
-        self.layers = nn.ModuleList(
-            DecoderLayer(d_model, nhead, ffn, dropout, coverage, first=i == 0)
-            for i in range(num_layers)
+        cnn = build_encoder(encoder, **(encoder_cfg or {}))
+        front = {
+            "encoder": cnn,
+            "feat_proj": nn.Conv2d(cnn.out_channels, d_model, 1),
+            "img_pos": ImgPosEnc(d_model),
+        }
+        super().__init__(
+            front, vocab_size, d_model, nhead, num_layers, ffn, dropout, coverage, max_len
         )
-        self.final_norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size)
-        self.max_len = max_len
-        self.vocab_size = vocab_size
 
-    # -- encoder -----------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor, masks: torch.Tensor) -> dict:
+    def encode(self, images: torch.Tensor, masks: torch.Tensor) -> Memory:
         """Images (B,1,H,W) with padding masks (B,H,W) -> memory for decoding."""
         images, masks = pad_to_stride(images, masks)
         feat = self.feat_proj(self.encoder(images))  # B, d, h, w
@@ -189,98 +63,3 @@ class TransformerHMER(nn.Module):
         feat = self.img_pos(feat.permute(0, 2, 3, 1), fmask)
         feat = self.feat_norm(feat).reshape(b, h * w, d)
         return {"memory": feat, "mem_pad": fmask.reshape(b, h * w), "hw": (h, w)}
-
-    def select(self, mem: dict, index: torch.Tensor) -> dict:
-        """Memory rows in ``index`` order (for batching hypotheses)."""
-        return {"memory": mem["memory"][index], "mem_pad": mem["mem_pad"][index], "hw": mem["hw"]}
-
-    # -- decoder -----------------------------------------------------------------------------
-    def decode(self, mem: dict, tgt: torch.Tensor, return_attn: bool = False):
-        """Teacher-forced logits (B,T,V) for input tokens ``tgt`` (B,T).
-
-        ``mem`` has B rows, or one row that all B sequences read (hypotheses of one input).
-        """
-        t = tgt.shape[1]
-        x = self.embed_norm(self.word_pos(self.embed(tgt)))
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tgt.device), 1)
-        tgt_pad = tgt == PAD
-        prev, attns = None, []
-        for layer in self.layers:
-            kv = layer.memory_kv(mem["memory"])
-            x, prev = layer(x, kv, mem["mem_pad"], mem["hw"], causal, tgt_pad, prev)
-            attns.append(prev)
-        logits = self.head(self.final_norm(x))
-        return (logits, attns) if return_attn else logits
-
-    def step(self, mem: dict, prefix: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (N,V) of the next token after each prefix (N,t)."""
-        return self.decode(mem, prefix)[:, -1].float().log_softmax(-1)
-
-    # -- incremental decoding: each step costs one position, not the whole prefix ------------
-    def decoder_state(self, mem: dict) -> dict:
-        """Decoding state for the rows of ``mem``: memory keys/values and per-layer caches."""
-        return {
-            "kv": [layer.memory_kv(mem["memory"]) for layer in self.layers],
-            "mem_pad": mem["mem_pad"],
-            "hw": mem["hw"],
-            "layers": [{} for _ in self.layers],
-            "t": 0,
-        }
-
-    def step_state(self, last: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """Log-probabilities (N,V) after feeding the newest tokens ``last`` (N,)."""
-        pos = torch.tensor([state["t"]], device=last.device)
-        x = self.embed(last[:, None]) + _sinusoid(pos, self.embed.embedding_dim)
-        x = self.embed_norm(x)
-        prev = None
-        for layer, kv, cache in zip(self.layers, state["kv"], state["layers"], strict=True):
-            x, prev = layer.step(x, kv, state["mem_pad"], state["hw"], cache, prev)
-        state["t"] += 1
-        return self.head(self.final_norm(x))[:, -1].float().log_softmax(-1), state
-
-    @staticmethod
-    def reorder_state(state: dict, rows: torch.Tensor) -> dict:
-        """Keep the state rows in ``rows`` order (beams that survived).
-
-        Memory keys/values of a single input stay one row that every beam broadcasts against:
-        copying them per beam at every step cost more than the decoder itself.
-        """
-        shared = state["mem_pad"].shape[0] == 1
-        return {
-            "kv": state["kv"] if shared else [(k[rows], v[rows]) for k, v in state["kv"]],
-            "mem_pad": state["mem_pad"] if shared else state["mem_pad"][rows],
-            "hw": state["hw"],
-            "layers": [{k: v[rows] for k, v in c.items()} for c in state["layers"]],
-            "t": state["t"],
-        }
-
-    def start_tokens(self, direction: str) -> tuple[int, int]:
-        """(start, end) token ids of a direction: "l2r" or "r2l"."""
-        return (SOS, EOS) if direction == "l2r" else (EOS, SOS)
-
-    # -- training ----------------------------------------------------------------------------
-    def forward(self, images, masks, tokens, label_smoothing: float = 0.1) -> torch.Tensor:
-        """Training loss (so that DistributedDataParallel can wrap the model)."""
-        return self.loss(images, masks, tokens, label_smoothing)
-
-    def loss(
-        self,
-        images: torch.Tensor,
-        masks: torch.Tensor,
-        tokens: list[list[int]],
-        label_smoothing: float = 0.1,
-    ) -> torch.Tensor:
-        """Cross-entropy over both directions (teacher forcing)."""
-        mem = self.encode(images, masks)
-        seqs_in, seqs_out = [], []
-        for direction in ("l2r", "r2l"):
-            start, end = self.start_tokens(direction)
-            for seq in tokens:
-                seq = seq[: self.max_len - 1]
-                s = seq if direction == "l2r" else seq[::-1]
-                seqs_in.append([start, *s])
-                seqs_out.append([*s, end])
-        tgt_in, tgt_out = teacher_forcing(seqs_in, seqs_out, images.device)
-        both = torch.arange(len(tokens), device=images.device).repeat(2)
-        logits = self.decode(self.select(mem, both), tgt_in)
-        return token_loss(logits, tgt_out, label_smoothing)

@@ -135,7 +135,7 @@ def use_bf16(setting: bool | str) -> bool:
 
 def batches_for(model) -> type:
     """The batch dataset a model reads: point sequences for stroke models, else rendered images."""
-    return StrokeBatches if getattr(model, "input_kind", "image") == "strokes" else EpochBatches
+    return StrokeBatches if model.input_kind == "strokes" else EpochBatches
 
 
 def as_input(x: torch.Tensor) -> torch.Tensor:
