@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from hmer.data.latex import STRUCTURE as GRAMMAR
 from hmer.synthesis.glyphs import (
     AXIS,
     BAR,
@@ -30,7 +31,9 @@ FUNCTIONS = frozenset([r"\sin", r"\cos", r"\tan", r"\log", r"\lim"])
 OPENERS = {"(": ")", "[": "]", r"\{": r"\}"}
 CLOSERS = frozenset(OPENERS.values())
 PRIMES = frozenset({"'", r"\prime"})
-STRUCTURE = frozenset({"{", "}", "^", "_", r"\frac", r"\sqrt", r"\limits"})
+# The caption grammar's tokens that are never drawn. Brackets are the exception: as a \sqrt's
+# index delimiters they are grammar, everywhere else symbols with glyphs of their own.
+STRUCTURE = GRAMMAR - {"[", "]"}
 
 
 class LayoutError(ValueError):
