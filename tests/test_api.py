@@ -145,7 +145,12 @@ def test_compact_latex_by_default_token_form_on_request(client):
     files = {"file": ("expr.png", png_bytes(), "image/png")}
     image = client.post("/v1/recognize", files=files, data={"beam": "1", "style": "tokens"})
     assert image.json()["latex"] == " ".join(image.json()["tokens"])
-    resp = client.post("/v1/recognize?style=mathml", json={"strokes": STROKES})
+    resp = client.post("/v1/recognize?style=mathml", json={"strokes": STROKES, "beam": 2})
+    from hmer.recognize import mathml
+
+    assert resp.json()["latex"] == mathml(body["tokens"])
+    assert resp.json()["latex"].startswith("<math") and "</math>" in resp.json()["latex"]
+    resp = client.post("/v1/recognize?style=html", json={"strokes": STROKES})
     assert "style" in error_of(resp, 422, "bad_style")
 
 

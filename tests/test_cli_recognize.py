@@ -46,6 +46,8 @@ def test_compact_latex_by_default_tokens_on_request(capsys, release, images):
     assert out == " ".join(tokens) + "\n"
     _, out, _ = run(capsys, one, "--model", release, "--format", "json", "--style", "tokens")
     assert json.loads(out)["latex"] == " ".join(json.loads(out)["tokens"])
+    _, out, _ = run(capsys, one, "--model", release, "--beam", "2", "--style", "mathml")
+    assert out.startswith("<math") and out.rstrip().endswith("</math>")
     # TSV is the scoring convention: always tokens, whatever the style.
     _, out, _ = run(capsys, one, "--model", release, "--beam", "2", "--format", "tsv")
     assert out == "e0\t" + " ".join(tokens) + "\n"

@@ -84,7 +84,7 @@ def test_compact_latex_by_default_token_form_on_request(monkeypatch):
     assert r.to_dict()["alternatives"][1]["latex"] == "x^{2}"
     assert tokens["tokens"] == r.tokens
     with pytest.raises(ValueError, match="style"):
-        r.latex_as("mathml")
+        r.latex_as("html")
 
 
 def test_batch_of_prepared_inputs_matches_one_at_a_time(tmp_path):
@@ -134,3 +134,11 @@ def test_a_cancelled_deadline_stops_decoding_at_once():
     deadline.cancel()
     with pytest.raises(DecodingTimeout):
         rec.recognize_image(image(), beam=2, deadline=deadline)
+
+
+def test_mathml_of_caption_tokens():
+    from hmer.recognize import latex_in
+
+    out = latex_in(["\\frac", "{", "1", "}", "{", "x", "^", "{", "2", "}", "}"], "mathml")
+    assert out.startswith("<math") and "<mfrac>" in out and "<msup>" in out
+    assert "<mtext>" in latex_in(["\\frac", "{"], "mathml")  # unconvertible: shown as text

@@ -35,15 +35,29 @@ MAX_SEQUENCE = StrokeSpec.lengths[-1]
 
 
 # Output styles: "latex" is compact LaTeX to paste (x^{2}), "tokens" the captions' and scorer's
-# space-separated token form (x ^ { 2 }).
-STYLES = ("latex", "tokens")
+# space-separated token form (x ^ { 2 }), "mathml" presentation MathML (for Word, browsers).
+STYLES = ("latex", "tokens", "mathml")
 
 
 def latex_in(tokens: list[str], style: str = "latex") -> str:
-    """LaTeX of ``tokens`` in an output style (see ``STYLES``)."""
+    """``tokens`` in an output style (see ``STYLES``)."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    if style == "mathml":
+        return mathml(tokens)
     return detokenize(tokens, compact=style == "latex")
+
+
+def mathml(tokens: list[str]) -> str:
+    """Presentation MathML of well-formed caption tokens (every 2014 test truth converts)."""
+    from latex2mathml.converter import convert
+
+    latex = detokenize(tokens, compact=True)
+    try:
+        return convert(latex)
+    except Exception:  # noqa: BLE001 (the converter raises many types); keep the text visible
+        text = latex.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return f'<math xmlns="http://www.w3.org/1998/Math/MathML"><mtext>{text}</mtext></math>'
 
 
 @dataclass

@@ -28,10 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--style",
-        choices=["latex", "tokens"],
+        choices=["latex", "tokens", "mathml"],
         default="latex",
         help="latex: compact LaTeX to paste, x^{2} (default); tokens: the scorer's token form, "
-        "x ^ { 2 }",
+        "x ^ { 2 }; mathml: presentation MathML",
     )
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
     p.add_argument(
