@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robustness import write_test_images  # noqa: E402
 
 from hmer.data.dataset import load_cached  # noqa: E402
+from hmer.evaluation.metrics import score  # noqa: E402
 
 DEFAULT_SETTINGS = "1:1:1,1:16:1,1:1:2,1:16:2,10:1:1,10:4:1,10:1:2"
 
@@ -65,14 +66,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         folder = Path(tmp) / "png"
         write_test_images(samples, folder)
         truth_file = folder / "truth.tsv"
-        truth = dict(line.split("\t", 1) for line in truth_file.read_text().splitlines())
+        truth = {s.id: s.tokens for s in samples}
         truth_file.unlink()
         for setting in args.settings.split(","):
             beam, batch, jobs = (int(v) for v in setting.split(":"))
             seconds, preds = run(folder, beam, batch, jobs, args.model)
             ref = reference.setdefault(beam, preds)
             same = sum(preds.get(k) == v for k, v in ref.items()) / max(len(ref), 1)
-            right = sum(preds.get(k) == v for k, v in truth.items()) / max(len(truth), 1)
+            tokens = {k: v.split() for k, v in preds.items()}
             rows.append(
                 {
                     "beam": beam,
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "files": len(preds),
                     "seconds": round(seconds, 1),
                     "files_per_s": round(len(preds) / seconds, 2),
-                    "exprate": round(100 * right, 1),
+                    "exprate": round(score(tokens, truth)["exprate"], 1),
                     "same_as_reference": round(100 * same, 1),
                 }
             )
