@@ -51,7 +51,10 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 VENDOR = "/static/vendor"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 INKML_TYPES = ("application/inkml+xml", "application/xml", "text/xml")
-STYLE_HELP = "LaTeX output: 'latex' compact, x^{2} (default); 'tokens' the token form, x ^ { 2 }"
+STYLE_HELP = (
+    "Output: 'latex' compact, x^{2} (default); 'tokens' the token form, x ^ { 2 }; "
+    "'mathml' presentation MathML"
+)
 
 
 @dataclass(frozen=True)
@@ -318,7 +321,7 @@ _RECOGNIZE_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "beam": {"type": "integer"},
                         "model": {"type": "string"},
-                        "style": {"type": "string", "enum": ["latex", "tokens"]},
+                        "style": {"type": "string", "enum": ["latex", "tokens", "mathml"]},
                     },
                 }
             },
@@ -461,6 +464,9 @@ def create_app(
             raise busy("server shutting down")
         if not await gate.acquire(limits.queue_timeout_s):
             raise busy("server shutting down" if stopping[0] else "server busy, retry shortly")
+        if await request.is_disconnected():  # gave up while queued: do not start the work
+            gate.release()
+            raise busy("the client left before its turn")
         deadline = CancellableDeadline(time.monotonic() + limits.timeout_s)
         active.add(deadline)
         task = asyncio.ensure_future(run_in_threadpool(fn, deadline))
@@ -684,8 +690,8 @@ def _load_json(body: bytes) -> dict:
 def _style(value: Any) -> str:
     if value is None:
         return "latex"
-    if value not in ("latex", "tokens"):
-        raise ApiError(422, "bad_style", "'style' must be 'latex' (compact) or 'tokens'")
+    if value not in ("latex", "tokens", "mathml"):
+        raise ApiError(422, "bad_style", "'style' must be 'latex' (compact), 'tokens' or 'mathml'")
     return value
 
 
