@@ -221,3 +221,29 @@ def test_partial_init_gives_a_stroke_model_the_image_models_decoder(tmp_path, vo
         init_weights(strokes, path)
     with pytest.raises(WeightsError):
         init_weights(strokes, tmp_path / "missing.safetensors", partial=True)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_run_that_fails_releases_its_log_files(tmp_path, samples, vocab, monkeypatch):
+    from pathlib import Path
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", boom)
+    cfg = tiny_config(epochs=1)
+    cfg["vocab"] = vocab.to_json()
+    run = tmp_path / "run"
+    # The caught exception keeps train's frame alive, as a caller that logs or re-raises it does:
+    # only an explicit close releases what the frame holds.
+    with pytest.raises(RuntimeError, match="boom") as failure:
+        train(cfg, run, samples={"train": samples, "val": samples})
+    assert (run / "log.csv").exists() and (run / "tb").is_dir()  # they were open
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            held.append(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    assert not [p for p in held if p.startswith(str(run.resolve()))]  # log.csv, the tb events
+    assert failure.traceback

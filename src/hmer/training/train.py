@@ -14,6 +14,8 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from hmer.evaluation.plots import training_curves
 from hmer.models import create_model
 from hmer.training.config import (  # noqa: F401  (load_config, apply_overrides: public here too)
     Config,
+    TrainConfig,
     apply_overrides,
     load_config,
 )
@@ -206,33 +209,23 @@ def init_weights(model: torch.nn.Module, path: str | Path, partial: bool = False
     return len(keep)
 
 
-def train(
-    config: Config | dict,
-    run_dir: str | Path,
-    resume: bool = False,
-    init_from: str | None = None,
-    init_partial: bool = False,
-    samples: dict[str, list[Sample]] | None = None,
-) -> dict:
-    """Train a model as ``config`` (checked by :class:`Config`) says, writing checkpoints and logs
-    to ``run_dir``.
+LOG_EVERY = 20  # steps between log.csv rows
 
-    ``samples`` may give the splits directly ({"train", "val", "test"}), as the tests do; otherwise
-    the CROHME splits are read from the cache (prepared on first use).
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = Config.from_dict(config)
-    tc, dc, mc = cfg.train, cfg.data, dict(cfg.model)
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    main = rank == 0
+@dataclass
+class TrainingData:
+    """The samples a run trains on, selects by (val) and reports on (test), and its batching."""
 
-    # ---- data ------------------------------------------------------------------------------
+    vocab: Vocab
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    spec: BucketSpec
+
+
+def setup_data(cfg: Config, samples: dict[str, list[Sample]] | None = None) -> TrainingData:
+    """The vocabulary and splits ``cfg`` names, or the given ``samples`` splits."""
+    dc = cfg.data
     vocab = Vocab.from_json(cfg.vocab) if cfg.vocab is not None else crohme_vocab()
     if samples is None:
         train_all = load_samples(dc.train)
@@ -250,199 +243,341 @@ def train(
             samples.get("test", []),
         )
     spec = BucketSpec(pixels_per_batch=dc.pixels_per_batch)
+    return TrainingData(vocab, train_set, val_set, test_set, spec)
 
-    # ---- model and optimizer ---------------------------------------------------------------
+
+def setup_model(
+    cfg: Config, vocab_size: int, init_from: str | None, init_partial: bool, main: bool
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """The seeded model (optionally from released weights), its AdamW and trained parameters."""
+    tc = cfg.train
     torch.manual_seed(tc.seed)
+    mc = dict(cfg.model)  # a copy: the config keeps its name for the checkpoints
     name = mc.pop("name")
-    model = create_model(name, len(vocab), **mc).to(memory_format=torch.channels_last)
+    model = create_model(name, vocab_size, **mc).to(memory_format=torch.channels_last)
     if init_from:
         n = init_weights(model, init_from, partial=init_partial)
         if main:
             print(f"initialized {n} of {len(model.state_dict())} tensors from {init_from}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    bf16 = use_bf16(tc.bf16)
-    make_batches = batches_for(model)
-    aug_kwargs: dict = {"ink_aug": InkAugment(swap_p=dc.ink_swap_p, reverse_p=dc.ink_reverse_p)}
-    if make_batches is EpochBatches:
-        aug_kwargs["photo_p"] = dc.photo_p
-    seed = tc.seed
-    steps_per_epoch = len(make_batches(train_set, vocab, spec, 0, seed, rank=rank, world=world))
-    total_steps = tc.epochs * steps_per_epoch
+    return model, optimizer, params
 
-    state = {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "seconds": 0.0, "stale": 0}
-    ckpt_path = run_dir / "last.pt"
-    rng_to_restore = None
-    if resume and ckpt_path.exists():
-        from hmer.weights import load_checkpoint
 
-        ckpt = load_checkpoint(ckpt_path)  # tensors and plain data only: never runs code
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        rng_to_restore = ckpt["torch_rng"]  # set once the data loader has drawn its seed
-        state = ckpt["state"]
-        if main:
-            print(f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}")
-    if main:
-        # The logs restart where the run does: rows past the checkpoint (or all, for a fresh
-        # start) go, as does whatever a kill left half-written.
+def fresh_state() -> dict:
+    """The run state of a new run (checkpoints hold it as plain data)."""
+    return {"epoch": 0, "batch": 0, "step": 0, "best": -1.0, "seconds": 0.0, "stale": 0}
+
+
+def restore(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict, torch.Tensor]:
+    """Load a checkpoint's weights and optimizer state; returns its run state and the torch RNG
+    state to set once the data loader has drawn its seed (see :func:`epoch_loader`)."""
+    from hmer.weights import load_checkpoint
+
+    ckpt = load_checkpoint(path)  # tensors and plain data only: never runs code
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["state"], ckpt["torch_rng"]
+
+
+def checkpoint_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, cfg: Config, vocab: Vocab
+) -> dict:
+    """What a checkpoint holds, as tensors and plain data (``torch.load(weights_only=True)``)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": plain(optimizer.state_dict()),
+        "torch_rng": torch.get_rng_state(),
+        "state": plain(state),
+        "config": cfg.to_dict(),
+        "vocab": vocab.to_json(),
+    }
+
+
+def epoch_loader(
+    data: torch.utils.data.Dataset, start: int, num_workers: int, rng: torch.Tensor | None
+) -> tuple[Iterator[dict], int]:
+    """An iterator over batches ``start``... of one epoch's ``data``, and how many there are.
+
+    ``rng`` (a resumed run's torch RNG state, else None) is set where the checkpoint took it.
+    """
+    order = list(range(start, len(data)))
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,
+        sampler=order,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
+    # Creating the iterator draws a seed from the torch RNG: a checkpoint from inside an epoch
+    # holds the RNG after that draw, one from an epoch's end holds it before.
+    if rng is not None and start == 0:
+        torch.set_rng_state(rng)
+    batches = iter(loader)
+    if rng is not None and start > 0:
+        torch.set_rng_state(rng)
+    return batches, len(order)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    batch: dict,
+    lr: float,
+    tc: TrainConfig,
+    bf16: bool,
+) -> float:
+    """One optimizer step on ``batch`` at learning rate ``lr``; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images = as_input(batch["inputs"])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(images, batch["masks"], batch["tokens"], tc.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
+    optimizer.step()
+    return loss.item()
+
+
+class Meter:
+    """Samples seen since ``t0`` and the mean loss since the last log row."""
+
+    def __init__(self) -> None:
+        self.start(time.time())
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def start(self, now: float) -> None:
+        """Count samples and seconds from ``now`` on."""
+        self.t0, self.seen = now, 0
+
+    def add(self, n: int, loss: float) -> None:
+        self.seen += n
+        self.loss_sum += loss
+        self.loss_n += 1
+
+    def take_loss(self) -> float:
+        """The mean loss since the last call."""
+        mean = self.loss_sum / self.loss_n
+        self.loss_sum, self.loss_n = 0.0, 0
+        return mean
+
+
+class RunLog:
+    """Rank 0's record of a run: ``log.csv`` (training), ``eval.csv`` and TensorBoard scalars.
+
+    The CSV logs are first cut back to ``state`` (a resumed run's checkpoint, or nothing), so
+    they restart where the run does; :meth:`close` releases the files.
+    """
+
+    def __init__(self, run_dir: Path, state: dict):
+        # Rows past the checkpoint (or all, for a fresh start) go, as does whatever a kill left
+        # half-written.
         trim_csv(run_dir / "log.csv", LOG_HEADER, "step", state["step"])
         trim_csv(run_dir / "eval.csv", EVAL_HEADER, "epoch", state["epoch"])
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+        # Opened after trim_csv wrote its header (and flushed it): a kill at any step leaves a
+        # log that starts with its header.
+        self.file = open(run_dir / "log.csv", "a", newline="")  # noqa: SIM115 (closed by close)
+        self.rows = csv.writer(self.file)
+        self.eval_path = run_dir / "eval.csv"
+        self.tb = tensorboard_writer(run_dir / "tb")
 
-    def checkpoint(path: Path = ckpt_path) -> None:
-        if main:
-            save_checkpoint(
-                path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": plain(optimizer.state_dict()),
-                    "torch_rng": torch.get_rng_state(),
-                    "state": plain(state),
-                    "config": cfg.to_dict(),
-                    "vocab": vocab.to_json(),
-                },
+    def training(
+        self, state: dict, epoch: int, lr: float, rate: float, cpu_h: float, loss: float
+    ) -> None:
+        """A log.csv row (flushed) and the training scalars."""
+        row = [state["step"], epoch, f"{loss:.4f}", f"{lr:.2e}", f"{rate:.1f}", f"{cpu_h:.3f}"]
+        self.rows.writerow(row)
+        self.file.flush()
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", loss, state["step"])
+            self.tb.add_scalar("train/lr", lr, state["step"])
+            self.tb.add_scalar("train/samples_per_s", rate, state["step"])
+
+    def evaluation(self, state: dict, cpu_h: float, split: str, metrics: dict) -> None:
+        """An eval.csv row, a printed line and the split's scalars."""
+        with open(self.eval_path, "a") as fh:
+            fh.write(
+                f"{state['epoch']},{state['step']},{cpu_h:.3f},{split},"
+                f"{metrics['exprate']:.2f},{metrics['le1']:.2f},{metrics['le2']:.2f}\n"
             )
+        rates = {k: round(metrics[k], 2) for k in ("exprate", "le1", "le2")}
+        print(f"epoch {state['epoch']} {split}: {rates}", flush=True)
+        if self.tb is not None:
+            for key in ("exprate", "le1", "le2"):
+                self.tb.add_scalar(f"{split}/{key}", metrics[key], state["step"])
+            self.tb.flush()
 
-    log_path = run_dir / "log.csv"
-    # Opened after trim_csv wrote its header (and flushed it): a kill at any step leaves a log
-    # that starts with its header.
-    log_file = open(log_path, "a", newline="")  # noqa: SIM115 (kept open for the whole run)
-    log = csv.writer(log_file)
-    eval_path = run_dir / "eval.csv"
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    tb = tensorboard_writer(run_dir / "tb") if main else None
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
 
-    # ---- loop ------------------------------------------------------------------------------
-    last_ckpt = time.time()
-    model.train()
-    while state["epoch"] < tc.epochs:
-        epoch = state["epoch"]
-        data = make_batches(
-            train_set,
-            vocab,
-            spec,
-            epoch,
-            seed,
-            augment=dc.augment,
-            rank=rank,
-            world=world,
-            **aug_kwargs,
-        )
-        order = list(range(state["batch"], len(data)))
-        loader = torch.utils.data.DataLoader(
-            data,
-            batch_size=None,
-            sampler=order,
-            num_workers=tc.num_workers,
-            persistent_workers=False,
-            prefetch_factor=4 if tc.num_workers else None,
-        )
-        # Creating the iterator draws a seed from the torch RNG: a checkpoint from inside an epoch
-        # holds the RNG after that draw, one from an epoch's end holds it before.
-        if rng_to_restore is not None and state["batch"] == 0:
-            torch.set_rng_state(rng_to_restore)
-            rng_to_restore = None
-        batches = iter(loader)
-        if rng_to_restore is not None:
-            torch.set_rng_state(rng_to_restore)
-            rng_to_restore = None
-        bar = tqdm(
-            batches, total=len(order), desc=f"epoch {epoch}", disable=not main, mininterval=30
-        )
-        t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
-        for batch in bar:
-            lr = lr_at(state["step"], total_steps, tc.lr, tc.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = as_input(batch["inputs"])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = ddp(images, batch["masks"], batch["tokens"], tc.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
-            optimizer.step()
 
-            state["step"] += 1
-            state["batch"] += 1
-            seen += len(batch["ids"])
-            loss_sum += loss.item()
-            loss_n += 1
-            now = time.time()
-            if state["step"] % 20 == 0 and main:
-                rate = seen * world / (now - t0)
-                cpu_h = (state["seconds"] + now - t0) * world / 3600
-                log.writerow(
-                    [
-                        state["step"],
-                        epoch,
-                        f"{loss_sum / loss_n:.4f}",
-                        f"{lr:.2e}",
-                        f"{rate:.1f}",
-                        f"{cpu_h:.3f}",
-                    ]
-                )
-                log_file.flush()
-                if tb is not None:
-                    tb.add_scalar("train/loss", loss_sum / loss_n, state["step"])
-                    tb.add_scalar("train/lr", lr, state["step"])
-                    tb.add_scalar("train/samples_per_s", rate, state["step"])
-                bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", sps=f"{rate:.1f}")
-                loss_sum, loss_n = 0.0, 0
-            if now - last_ckpt > 60 * tc.checkpoint_minutes:
-                state["seconds"] += now - t0
-                seen, t0 = 0, now
-                checkpoint()
-                last_ckpt = now
-        state["seconds"] += time.time() - t0
-        state["epoch"] += 1
-        state["batch"] = 0
+def end_of_epoch(
+    model: torch.nn.Module,
+    data: TrainingData,
+    state: dict,
+    tc: TrainConfig,
+    bf16: bool,
+    cpu_h: float,
+    log: RunLog,
+    run_dir: Path,
+    checkpoint: Callable[[Path], None],
+) -> None:
+    """Rank 0 after an epoch: validate (and test every ``tc.test_every`` epochs), keep the best
+    validation ExpRate as ``best.pt`` (counting evaluations without gain for early stopping),
+    then checkpoint ``last.pt`` and redraw the curves."""
+    splits = [("val", data.val)]
+    if data.test and tc.test_every and state["epoch"] % tc.test_every == 0:
+        splits.append(("test", data.test))
+    for split_name, split in splits:
+        if not split:
+            continue
+        metrics, rows = evaluate(model, split, data.vocab, data.spec, bf16)
+        log.evaluation(state, cpu_h, split_name, metrics)
+        (run_dir / f"pred-{split_name}.tsv").write_text("".join(f"{i}\t{p}\n" for i, p in rows))
+        if split_name == "val":
+            if metrics["exprate"] > state["best"]:
+                state["best"], state["stale"] = metrics["exprate"], 0
+                checkpoint(run_dir / "best.pt")
+            else:
+                state["stale"] = state.get("stale", 0) + 1  # older checkpoints lack "stale"
+    checkpoint(run_dir / "last.pt")
+    training_curves(run_dir)
 
-        # ---- evaluation (rank 0) -----------------------------------------------------------
-        if main:
-            cpu_h = state["seconds"] * world / 3600
-            splits = [("val", val_set)]
-            if test_set and tc.test_every and state["epoch"] % tc.test_every == 0:
-                splits.append(("test", test_set))
-            for split_name, split in splits:
-                if not split:
-                    continue
-                metrics, rows = evaluate(model, split, vocab, spec, bf16)
-                with open(eval_path, "a") as fh:
-                    fh.write(
-                        f"{state['epoch']},{state['step']},{cpu_h:.3f},{split_name},"
-                        f"{metrics['exprate']:.2f},{metrics['le1']:.2f},{metrics['le2']:.2f}\n"
-                    )
-                rates = {k: round(metrics[k], 2) for k in ("exprate", "le1", "le2")}
-                print(f"epoch {state['epoch']} {split_name}: {rates}", flush=True)
-                if tb is not None:
-                    for key in ("exprate", "le1", "le2"):
-                        tb.add_scalar(f"{split_name}/{key}", metrics[key], state["step"])
-                    tb.flush()
-                (run_dir / f"pred-{split_name}.tsv").write_text(
-                    "".join(f"{i}\t{p}\n" for i, p in rows)
-                )
-                if split_name == "val":
-                    if metrics["exprate"] > state["best"]:
-                        state["best"], state["stale"] = metrics["exprate"], 0
-                        checkpoint(run_dir / "best.pt")
-                    else:
-                        state["stale"] = state.get("stale", 0) + 1
-            checkpoint()
-            training_curves(run_dir)
-            last_ckpt = time.time()
-        patience = tc.patience
-        stop = torch.tensor([int(main and patience > 0 and state.get("stale", 0) >= patience)])
-        if distributed:
-            dist.broadcast(stop, 0)
-        if stop.item():
-            if main:
-                print(f"early stop: no validation gain in {patience} evaluations", flush=True)
-            break
-    log_file.close()
-    if tb is not None:
-        tb.close()
+
+def early_stop(state: dict, patience: int, main: bool, distributed: bool) -> bool:
+    """Whether rank 0 saw ``patience`` validations without gain; every rank gets its answer."""
+    stop = torch.tensor([int(main and patience > 0 and state.get("stale", 0) >= patience)])
     if distributed:
-        dist.barrier()  # no rank tears the group down while another still uses it
-        dist.destroy_process_group()
+        dist.broadcast(stop, 0)
+    if stop.item() and main:
+        print(f"early stop: no validation gain in {patience} evaluations", flush=True)
+    return bool(stop.item())
+
+
+def train(
+    config: Config | dict,
+    run_dir: str | Path,
+    resume: bool = False,
+    init_from: str | None = None,
+    init_partial: bool = False,
+    samples: dict[str, list[Sample]] | None = None,
+) -> dict:
+    """Train a model as ``config`` (checked by :class:`Config`) says, writing checkpoints and logs
+    to ``run_dir``; returns the final run state.
+
+    ``samples`` may give the splits directly ({"train", "val", "test"}), as the tests do; otherwise
+    the CROHME splits are read from the cache (prepared on first use).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = Config.from_dict(config)
+    tc, dc = cfg.train, cfg.data
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    log: RunLog | None = None
+    try:  # the logs and the process group are released however the run ends
+        rank = dist.get_rank() if distributed else 0
+        world = dist.get_world_size() if distributed else 1
+        main = rank == 0
+
+        # ---- data, model and optimizer ---------------------------------------------------------
+        data = setup_data(cfg, samples)
+        vocab = data.vocab
+        model, optimizer, params = setup_model(cfg, len(vocab), init_from, init_partial, main)
+        bf16 = use_bf16(tc.bf16)
+        make_batches = batches_for(model)
+        aug_kwargs: dict = {"ink_aug": InkAugment(swap_p=dc.ink_swap_p, reverse_p=dc.ink_reverse_p)}
+        if make_batches is EpochBatches:
+            aug_kwargs["photo_p"] = dc.photo_p
+        seed = tc.seed
+        steps_per_epoch = len(
+            make_batches(data.train, vocab, data.spec, 0, seed, rank=rank, world=world)
+        )
+        total_steps = tc.epochs * steps_per_epoch
+
+        # ---- restore ---------------------------------------------------------------------------
+        state, rng_to_restore = fresh_state(), None
+        ckpt_path = run_dir / "last.pt"
+        if resume and ckpt_path.exists():
+            state, rng_to_restore = restore(ckpt_path, model, optimizer)
+            if main:
+                print(f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}")
+        log = RunLog(run_dir, state) if main else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+        def checkpoint(path: Path = ckpt_path) -> None:
+            if main:
+                save_checkpoint(path, checkpoint_state(model, optimizer, state, cfg, vocab))
+
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+        # ---- loop ------------------------------------------------------------------------------
+        last_ckpt = time.time()
+        model.train()
+        while state["epoch"] < tc.epochs:
+            epoch = state["epoch"]
+            epoch_data = make_batches(
+                data.train,
+                vocab,
+                data.spec,
+                epoch,
+                seed,
+                augment=dc.augment,
+                rank=rank,
+                world=world,
+                **aug_kwargs,
+            )
+            batches, n_batches = epoch_loader(
+                epoch_data, state["batch"], tc.num_workers, rng_to_restore
+            )
+            rng_to_restore = None
+            bar = tqdm(
+                batches, total=n_batches, desc=f"epoch {epoch}", disable=not main, mininterval=30
+            )
+            meter = Meter()
+            for batch in bar:
+                lr = lr_at(state["step"], total_steps, tc.lr, tc.warmup_steps)
+                loss = train_step(ddp, optimizer, params, batch, lr, tc, bf16)
+                state["step"] += 1
+                state["batch"] += 1
+                meter.add(len(batch["ids"]), loss)
+                now = time.time()
+                if state["step"] % LOG_EVERY == 0 and log is not None:
+                    rate = meter.seen * world / (now - meter.t0)
+                    cpu_h = (state["seconds"] + now - meter.t0) * world / 3600
+                    loss_mean = meter.take_loss()
+                    log.training(state, epoch, lr, rate, cpu_h, loss_mean)
+                    bar.set_postfix(loss=f"{loss_mean:.3f}", sps=f"{rate:.1f}")
+                if now - last_ckpt > 60 * tc.checkpoint_minutes:
+                    state["seconds"] += now - meter.t0
+                    meter.start(now)
+                    checkpoint()
+                    last_ckpt = now
+            state["seconds"] += time.time() - meter.t0
+            state["epoch"] += 1
+            state["batch"] = 0
+
+            # ---- evaluation and selection (rank 0) ----------------------------------------------
+            if log is not None:  # rank 0
+                cpu_h = state["seconds"] * world / 3600
+                end_of_epoch(model, data, state, tc, bf16, cpu_h, log, run_dir, checkpoint)
+                last_ckpt = time.time()
+            if early_stop(state, tc.patience, main, distributed):
+                break
+        if distributed:
+            dist.barrier()  # no rank tears the group down while another still uses it
+    finally:
+        if log is not None:
+            log.close()
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
     return state
