@@ -104,6 +104,45 @@ def test_prepare_with_captions_and_crohme_folder(tmp_path, capsys):
     assert "2014: 1 expressions" in out and "captions 2014_caption.txt" in out
 
 
+def test_a_known_defect_of_the_official_data_is_skipped_not_failed(tmp_path, capsys):
+    from hmer.data.dataset import known_defect
+
+    ink = tmp_path / "ink"
+    ink.mkdir()
+    write_inkml(ink / "a.inkml")
+    (ink / "MfrDB3088.inkml").write_bytes(b"")  # as in the CROHME training set
+    argv = ["data", "prepare", "--data-dir", tmp_path, "--cache-dir", tmp_path / "c", "--quiet"]
+    code, out, err = run(capsys, *argv, "--splits", f"tiny={ink}")
+    assert code == 0 and "tiny: 1 expressions, 1 skipped" in out
+    assert err.startswith("hmer: skipped ink:MfrDB3088: ") and "empty file in the CROHME" in err
+    for message in ("MfrDB3088: no caption", "TrainINKML.tar.gz:MfrDB3088: no truth annotation"):
+        assert known_defect(message) == "empty file in the CROHME training set"
+    assert known_defect("ink:a: no truth annotation") is None
+
+
+def test_a_malformed_caption_file_is_refused_by_name(tmp_path, capsys):
+    from hmer.data.dataset import read_captions, read_tsv
+
+    captions = tmp_path / "2014_caption.txt"
+    captions.write_text("e1\tx + 1\ne2 x + 1\n\ne1\tx - 1\n", encoding="utf-8")
+    rows, errors = read_tsv(captions)  # the reader hmer score uses, with tokens split on spaces
+    assert rows == {"e1": ["x", "-", "1"]}
+    assert errors == [
+        f"{captions}:2: no TAB between id and LaTeX",
+        f"{captions}:4: duplicate id 'e1' (the later line is used)",
+    ]
+    with pytest.raises(ValueError, match=r"2014_caption.txt:2: no TAB.*:4: duplicate id"):
+        read_captions(captions)
+    data = tmp_path / "crohme"
+    (data / "TestEM2014GT").mkdir(parents=True)
+    write_inkml(data / "TestEM2014GT" / "e1.inkml", truth="$x+1$")
+    captions.rename(data / captions.name)
+    argv = ["data", "prepare", "--data-dir", data, "--cache-dir", tmp_path / "c", "--quiet"]
+    code, out, err = run(capsys, *argv, "--splits", "2014")
+    assert code == 1 and "split 2014: " in err and "2014_caption.txt:2: no TAB" in err
+    assert out == ""
+
+
 def test_prepare_missing_source(tmp_path, capsys):
     code, out, err = run(
         capsys,

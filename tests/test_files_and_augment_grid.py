@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hmer.data.batching import BucketSpec, EpochBatches
+from hmer.data.batching import BucketSpec, EpochBatches, augment_grid
 from hmer.data.files import atomic_open
 from hmer.data.vocab import Vocab
-from hmer.interfaces.cli_data import augment_grid
 
 
 def test_atomic_open_replaces_whole_or_not_at_all(tmp_path):

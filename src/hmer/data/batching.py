@@ -230,3 +230,58 @@ def pad_images(
         x[j, 0, : img.shape[0], : img.shape[1]] = torch.from_numpy(img.astype(np.float32) / 255.0)
         mask[j, : img.shape[0], : img.shape[1]] = False
     return x, mask
+
+
+def augment_grid(
+    samples: list[Sample],
+    n: int,
+    variants: int,
+    seed: int,
+    cell: tuple[int, int] = (128, 384),
+    photo_p: float = 0.0,
+) -> np.ndarray:
+    """Rows of [clean render, ``variants`` augmented versions] for ``n`` random samples, uint8.
+
+    Images keep their pixel size (so scale jitter shows) unless too big for a cell. Each
+    augmented version is what an epoch of training shows the model (``EpochBatches.image``: ink
+    and render augmentation, and photometric changes for a ``photo_p`` share, as
+    ``data.photo_p``); version ``c`` is epoch ``c`` of a run seeded with ``seed``.
+    """
+    from PIL import Image, ImageDraw
+
+    spec = BucketSpec()
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(samples), size=min(n, len(samples)), replace=False)
+    rows = [samples[int(i)] for i in chosen]
+    epochs = [
+        EpochBatches(rows, Vocab([]), spec, epoch, seed, shuffle=False, photo_p=photo_p)
+        for epoch in range(1, variants + 1)
+    ]
+    ch, cw = cell
+    label_h, gap = 14, 2
+    cols = variants + 1
+    grid_h = len(chosen) * (ch + label_h + gap) + gap
+    grid = np.full((grid_h, cols * (cw + gap) + gap), 60, np.uint8)
+    draw_labels = []
+    for r, sample in enumerate(rows):
+        top = gap + r * (ch + label_h + gap)
+        draw_labels.append((top, f"{sample.id}: {' '.join(sample.tokens)}"))
+        for c in range(cols):
+            if c == 0:
+                img = draw_plan(plan_render(sample.traces, None, spec)).astype(np.float32) / 255
+            else:
+                img = epochs[c - 1].image(r)
+            pic = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
+            f = min(1.0, ch / pic.height, cw / pic.width)
+            pic = pic.resize(
+                (max(1, int(pic.width * f)), max(1, int(pic.height * f))), Image.Resampling.BILINEAR
+            )
+            left = gap + c * (cw + gap)
+            cell_img = np.zeros((ch, cw), np.uint8)
+            cell_img[: pic.height, : pic.width] = np.asarray(pic)
+            grid[top + label_h : top + label_h + ch, left : left + cw] = cell_img
+    canvas = Image.fromarray(grid)
+    draw = ImageDraw.Draw(canvas)
+    for top, text in draw_labels:
+        draw.text((gap + 2, top + 1), text[:160], fill=255)
+    return np.asarray(canvas)

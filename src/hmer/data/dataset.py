@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,15 +51,53 @@ def default_data_dir() -> Path:
     return Path("../shared/data/crohme")
 
 
-def read_captions(path: str | Path) -> dict[str, list[str]]:
-    """Read ``ID<TAB>space separated tokens`` lines."""
-    out = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+def read_tsv(
+    path: str | Path, parse: Callable[[str], list[str]] = str.split
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Read ``ID<TAB>text`` lines (caption files, predictions) into id -> ``parse(text)``.
+
+    The one reader of these files: returns the rows and one message per problem, each naming the
+    file (and line): unreadable or non-UTF-8 file, a line without TAB or with an empty id, a
+    duplicate id (the later line is used), no lines at all. Blank lines are skipped.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        return {}, [f"{path}: cannot read ({exc.strerror or exc})"]
+    except UnicodeDecodeError as exc:
+        return {}, [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
+    rows: dict[str, list[str]] = {}
+    errors: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        key, _, text = line.partition("\t")
-        out[key.strip()] = text.split()
-    return out
+        if "\t" not in line:
+            errors.append(f"{path}:{lineno}: no TAB between id and LaTeX")
+            continue
+        key, _, value = line.partition("\t")
+        key = key.strip()
+        if not key:
+            errors.append(f"{path}:{lineno}: empty id")
+            continue
+        if key in rows:
+            errors.append(f"{path}:{lineno}: duplicate id {key!r} (the later line is used)")
+        rows[key] = parse(value)
+    if not rows and not errors:
+        errors.append(f"{path}: no ID<TAB>LaTeX lines")
+    return rows, errors
+
+
+def read_captions(path: str | Path) -> dict[str, list[str]]:
+    """Read a caption file (``ID<TAB>space separated tokens`` lines, :func:`read_tsv`).
+
+    Captions are the training truth, so any problem in the file is a ``ValueError`` naming it.
+    """
+    rows, errors = read_tsv(path)
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise ValueError("; ".join(errors[:3]) + more)
+    return rows
 
 
 def iter_inkml(source: str | Path) -> Iterator[tuple[str, bytes | Exception]]:
@@ -130,6 +168,16 @@ CROHME_SPLITS = {
 KNOWN_DEFECTS = {"MfrDB3088": "empty file in the CROHME training set"}
 
 
+def known_defect(message: str) -> str | None:
+    """Why a read error of :func:`load_split` (``Split.errors``) is a known defect, else None.
+
+    The messages start with the file: ``STEM: ...`` (unreadable file, no caption) or
+    ``SOURCE:STEM: ...`` (InkML errors, no truth annotation).
+    """
+    stem = message.split(":", 2)[1] if message.count(":") >= 2 else message.split(":", 1)[0]
+    return KNOWN_DEFECTS.get(stem.strip())
+
+
 def cache_path(name: str, cache_dir: Path | None = None) -> Path:
     """Where split ``name`` is cached."""
     return (cache_dir or default_cache_dir()) / f"crohme-{name}-v{CACHE_VERSION}.pkl"
@@ -175,6 +223,74 @@ def load_cached(name: str, data_dir: Path | None = None, cache_dir: Path | None 
             return pickle.load(fh)
     source, captions = find_source(name, data_dir or default_data_dir())
     return prepare_split(name, source, captions, cache_dir)[0]
+
+
+def split_source(spec: str, data_dir: Path) -> tuple[str, Path, Path | None]:
+    """(name, InkML source, caption file or None) of a split given as ``hmer data prepare`` takes
+    it: a CROHME name (train, 2014) found in ``data_dir``, ``NAME=PATH``, or a bare folder or
+    archive named after itself. A caption file ``NAME_caption.txt`` in ``data_dir`` is used when
+    there is one."""
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        source = Path(path).expanduser()
+    elif spec in CROHME_SPLITS:
+        return (spec, *find_source(spec, data_dir))
+    else:  # a bare path: name it after the folder or archive
+        source = Path(spec).expanduser()
+        name = source.name.removesuffix(".tar.gz").removesuffix(".tgz").removesuffix(".tar")
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such folder or archive")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"{spec}: bad split name {name!r}")
+    captions = data_dir / f"{name}_caption.txt"
+    return name, source, captions if captions.exists() else None
+
+
+def load_prepared(name: str, data_dir: Path | None = None, cache_dir: Path | None = None) -> Split:
+    """A prepared split by name: a CROHME split (prepared first if needed) or one that
+    ``hmer data prepare`` cached; an unprepared or unreadable one is an error saying what to run.
+    """
+    path = cache_path(name, cache_dir)
+    try:
+        if name in CROHME_SPLITS:
+            return load_cached(name, data_dir, cache_dir)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"split {name!r} is not prepared ({path} missing): run "
+                f"hmer data prepare --splits {name}=PATH"
+            )
+        with open(path, "rb") as fh:
+            split = pickle.load(fh)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{path}: unreadable cache file ({exc}); rebuild it with hmer data prepare --force"
+        ) from exc
+    if not isinstance(split, Split):
+        raise ValueError(f"{path}: not a prepared split; rebuild it with hmer data prepare --force")
+    return split
+
+
+def render_split(
+    split: Split, out_dir: Path, force: bool = False, progress: bool = True
+) -> tuple[int, list[str]]:
+    """Write each sample's natural render as ``out_dir/ID.png`` (existing files are kept unless
+    ``force``); returns how many were written and one message per sample that failed."""
+    from hmer.data.files import WriteError, save_png
+    from hmer.data.render import render_natural
+
+    written, errors = 0, []
+    for sample in tqdm(split.samples, desc=f"render {split.name}", disable=not progress):
+        path = out_dir / f"{sample.id}.png"
+        if path.exists() and not force:
+            continue
+        try:
+            save_png(render_natural(sample.traces), path)
+            written += 1
+        except WriteError as exc:
+            errors.append(str(exc))
+        except ValueError as exc:
+            errors.append(f"{split.name}:{sample.id}: cannot render ({exc})")
+    return written, errors
 
 
 def save_atomic(path: Path, obj) -> None:

@@ -7,7 +7,10 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def read_regular_file(path: str | Path, limit: int, what: str = "file") -> bytes:
@@ -68,3 +71,21 @@ def atomic_open(
             os.fsync(fd)  # the rename itself reaches the disk
         finally:
             os.close(fd)
+
+
+class WriteError(OSError):
+    """An output file that cannot be written; the message names it."""
+
+
+def save_png(image: np.ndarray, path: str | Path) -> None:
+    """Write a uint8 array as a PNG atomically (a rerun that skips existing files never finds a
+    half-written one), creating its folder; failures are a :class:`WriteError`."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as fh:
+            Image.fromarray(image).save(fh, format="PNG")
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc

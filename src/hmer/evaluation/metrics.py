@@ -166,3 +166,29 @@ def score(
         "missing": missing,
         "extra": extra,
     }
+
+
+def format_scores(result: dict) -> str:
+    """The text table of ``hmer score``."""
+    n = result["n"]
+    lines = [
+        f"{'normalization':<22s} {result['normalization']}",
+        f"{'expressions':<22s} {n}",
+        f"{'exact matches':<22s} {result['exact']}",
+        f"{'ExpRate %':<22s} {result['exprate']:.2f}",
+        f"{'<=1 error %':<22s} {result['le1']:.2f}",
+        f"{'<=2 errors %':<22s} {result['le2']:.2f}",
+        f"{'WER % (tokens)':<22s} {result['wer']:.2f}",
+        f"{'CER % (characters)':<22s} {result['cer']:.2f}",
+        f"{'BLEU-4':<22s} {result['bleu4']:.2f}",
+        f"{'edit score %':<22s} {result['edit_score']:.2f}",
+        f"{'missing predictions':<22s} {result['n_missing']}",
+        f"{'predictions w/o truth':<22s} {result['n_extra']}",
+    ]
+    if result["n_matched_without_0"]:
+        lines.append(f"{'matched as ID_0':<22s} {result['n_matched_without_0']}")
+    if result["missing"]:
+        shown = ", ".join(result["missing"][:10])
+        more = f" (+{len(result['missing']) - 10} more)" if len(result["missing"]) > 10 else ""
+        lines.append(f"missing: {shown}{more}")
+    return "\n".join(lines)

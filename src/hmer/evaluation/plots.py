@@ -1,8 +1,11 @@
-"""Pictures for people: training curves and per-token attention maps, drawn with Pillow."""
+"""Pictures for people: training curves and per-token attention maps, drawn with Pillow, and
+text histograms."""
 
 from __future__ import annotations
 
 import csv
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +131,19 @@ def stroke_attention_images(
             np.maximum(cell, a, out=cell)  # a point's square; overlaps keep the stronger
         heats.append(heat)
     return np.asarray(base), heats
+
+
+def histogram(values: list[int], width: int = 50, bin_size: int = 0) -> list[str]:
+    """Text histogram lines ``lo-hi  count  ####``."""
+    if not values:
+        return ["(empty)"]
+    top = max(values)
+    bin_size = bin_size or max(1, math.ceil((top + 1) / 20))
+    counts = Counter(v // bin_size for v in values)
+    peak = max(counts.values())
+    lines = []
+    for b in range(top // bin_size + 1):
+        c = counts.get(b, 0)
+        bar = "#" * max(1 if c else 0, round(width * c / peak))
+        lines.append(f"{b * bin_size:4d}-{(b + 1) * bin_size - 1:<4d} {c:6d}  {bar}")
+    return lines

@@ -1,7 +1,9 @@
 """``hmer data ...`` (prepare, stats, render, augment-grid, check-normalization) and ``hmer score``.
 
 Every command reports bad input as one line naming the file on stderr, goes on with the rest of a
-batch, and exits non-zero when anything failed. ``HMER_DEBUG=1`` shows tracebacks instead.
+batch, and exits non-zero when anything failed. ``HMER_DEBUG=1`` shows tracebacks instead. The
+work is the library's (``hmer.data.dataset``, ``hmer.data.batching.augment_grid``,
+``hmer.evaluation``); this module parses arguments and prints.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from hmer.data.dataset import (
-    CROHME_SPLITS,
-    KNOWN_DEFECTS,
     Split,
     cache_path,
     default_cache_dir,
     default_data_dir,
-    find_source,
-    load_cached,
+    known_defect,
+    load_prepared,
     prepare_split,
+    render_split,
+    split_source,
 )
+from hmer.data.files import WriteError, save_png
 from hmer.evaluation.metrics import NORMALIZATIONS
 
 EXIT_FAILED = 1
@@ -184,29 +187,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 # prepare
 
 
-def _split_source(spec: str, data_dir: Path) -> tuple[str, Path, Path | None]:
-    if "=" in spec:
-        name, path = spec.split("=", 1)
-        source = Path(path).expanduser()
-    elif spec in CROHME_SPLITS:
-        return (spec, *find_source(spec, data_dir))
-    else:  # a bare path: name it after the folder or archive
-        source = Path(spec).expanduser()
-        name = source.name.removesuffix(".tar.gz").removesuffix(".tgz").removesuffix(".tar")
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such folder or archive")
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"{spec}: bad split name {name!r}")
-    captions = data_dir / f"{name}_caption.txt"
-    return name, source, captions if captions.exists() else None
-
-
 def _report_errors(split: Split) -> int:
     """Print the split's read errors; returns how many are not known defects."""
     failed = 0
     for msg in split.errors:
-        stem = msg.split(":", 2)[1] if msg.count(":") >= 2 else msg.split(":", 1)[0]
-        known = KNOWN_DEFECTS.get(stem.strip())
+        known = known_defect(msg)
         if known:
             print(f"hmer: skipped {msg} ({known})", file=sys.stderr)
         else:
@@ -222,7 +207,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     prepared: dict[str, Split] = {}
     for spec in args.splits:
         try:
-            name, source, captions = _split_source(spec, data_dir)
+            name, source, captions = split_source(spec, data_dir)
             split, built = prepare_split(
                 name, source, captions, cache_dir, args.force, progress=not args.quiet
             )
@@ -251,92 +236,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
-class WriteError(OSError):
-    """An output file that cannot be written; the message names it."""
-
-
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    from hmer.data.files import atomic_open
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path) as fh:  # never leave half-written files that a rerun would skip
-            Image.fromarray(image).save(fh, format="PNG")
-    except OSError as exc:
-        raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-
-
 def _render_split(split: Split, out_dir: Path, force: bool, progress: bool) -> int:
-    from tqdm import tqdm
-
-    from hmer.data.render import render_natural
-
-    failed = written = 0
-    for sample in tqdm(split.samples, desc=f"render {split.name}", disable=not progress):
-        path = out_dir / f"{sample.id}.png"
-        if path.exists() and not force:
-            continue
-        try:
-            _save_png(render_natural(sample.traces), path)
-            written += 1
-        except WriteError as exc:
-            _err(str(exc))
-            failed += 1
-        except ValueError as exc:
-            _err(f"{split.name}:{sample.id}: cannot render ({exc})")
-            failed += 1
+    written, errors = render_split(split, out_dir, force, progress)
+    for msg in errors:
+        _err(msg)
     print(
-        f"{split.name}: {written} images written, {len(split.samples) - written - failed} "
+        f"{split.name}: {written} images written, {len(split.samples) - written - len(errors)} "
         f"already there -> {out_dir}"
     )
-    return failed
+    return len(errors)
 
 
 # ---------------------------------------------------------------------------------------------
 # stats
 
 
-def _load_split(name: str, data_dir: Path | None, cache_dir: Path | None) -> Split:
-    path = cache_path(name, cache_dir)
-    try:
-        if name in CROHME_SPLITS:
-            return load_cached(name, data_dir, cache_dir)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"split {name!r} is not prepared ({path} missing): run "
-                f"hmer data prepare --splits {name}=PATH"
-            )
-        with open(path, "rb") as fh:
-            split = pickle.load(fh)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(
-            f"{path}: unreadable cache file ({exc}); rebuild it with hmer data prepare --force"
-        ) from exc
-    if not isinstance(split, Split):
-        raise ValueError(f"{path}: not a prepared split; rebuild it with hmer data prepare --force")
-    return split
-
-
-def histogram(values: list[int], width: int = 50, bin_size: int = 0) -> list[str]:
-    """Text histogram lines ``lo-hi  count  ####``."""
-    if not values:
-        return ["(empty)"]
-    top = max(values)
-    bin_size = bin_size or max(1, math.ceil((top + 1) / 20))
-    counts = Counter(v // bin_size for v in values)
-    peak = max(counts.values())
-    lines = []
-    for b in range(top // bin_size + 1):
-        c = counts.get(b, 0)
-        bar = "#" * max(1 if c else 0, round(width * c / peak))
-        lines.append(f"{b * bin_size:4d}-{(b + 1) * bin_size - 1:<4d} {c:6d}  {bar}")
-    return lines
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
-    split = _load_split(args.split, args.data_dir, args.cache_dir)
+    from hmer.evaluation.plots import histogram
+
+    split = load_prepared(args.split, args.data_dir, args.cache_dir)
     lengths = [len(s.tokens) for s in split.samples]
     strokes = [len(s.traces) for s in split.samples]
     vocab = Counter(t for s in split.samples for t in s.tokens)
@@ -398,7 +316,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                 out = (args.output or Path.cwd()) / f"{path.stem}.png"
             else:
                 out = args.output or Path.cwd() / f"{path.stem}.png"
-            _save_png(image, out)
+            save_png(image, out)
             print(f"{path} -> {out} ({image.shape[1]}x{image.shape[0]})")
         except (InkMLError, WriteError) as exc:  # their messages name the file
             _err(str(exc))
@@ -413,72 +331,15 @@ def cmd_render(args: argparse.Namespace) -> int:
 # augment-grid
 
 
-def augment_grid(
-    samples: list,
-    n: int,
-    variants: int,
-    seed: int,
-    cell: tuple[int, int] = (128, 384),
-    photo_p: float = 0.0,
-) -> np.ndarray:
-    """Rows of [clean render, ``variants`` augmented versions] for ``n`` random samples, uint8.
-
-    Images keep their pixel size (so scale jitter shows) unless too big for a cell. Each
-    augmented version is what an epoch of training shows the model (``EpochBatches.image``: ink
-    and render augmentation, and photometric changes for a ``photo_p`` share, as
-    ``data.photo_p``); version ``c`` is epoch ``c`` of a run seeded with ``seed``.
-    """
-    from PIL import Image, ImageDraw
-
-    from hmer.data.batching import BucketSpec, EpochBatches, draw_plan, plan_render
-    from hmer.data.vocab import Vocab
-
-    spec = BucketSpec()
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(samples), size=min(n, len(samples)), replace=False)
-    rows = [samples[int(i)] for i in chosen]
-    epochs = [
-        EpochBatches(rows, Vocab([]), spec, epoch, seed, shuffle=False, photo_p=photo_p)
-        for epoch in range(1, variants + 1)
-    ]
-    ch, cw = cell
-    label_h, gap = 14, 2
-    cols = variants + 1
-    grid_h = len(chosen) * (ch + label_h + gap) + gap
-    grid = np.full((grid_h, cols * (cw + gap) + gap), 60, np.uint8)
-    draw_labels = []
-    for r, sample in enumerate(rows):
-        top = gap + r * (ch + label_h + gap)
-        draw_labels.append((top, f"{sample.id}: {' '.join(sample.tokens)}"))
-        for c in range(cols):
-            if c == 0:
-                img = draw_plan(plan_render(sample.traces, None, spec)).astype(np.float32) / 255
-            else:
-                img = epochs[c - 1].image(r)
-            pic = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
-            f = min(1.0, ch / pic.height, cw / pic.width)
-            pic = pic.resize(
-                (max(1, int(pic.width * f)), max(1, int(pic.height * f))), Image.Resampling.BILINEAR
-            )
-            left = gap + c * (cw + gap)
-            cell_img = np.zeros((ch, cw), np.uint8)
-            cell_img[: pic.height, : pic.width] = np.asarray(pic)
-            grid[top + label_h : top + label_h + ch, left : left + cw] = cell_img
-    canvas = Image.fromarray(grid)
-    draw = ImageDraw.Draw(canvas)
-    for top, text in draw_labels:
-        draw.text((gap + 2, top + 1), text[:160], fill=255)
-    return np.asarray(canvas)
-
-
 def cmd_augment_grid(args: argparse.Namespace) -> int:
     if not 1 <= args.n <= 256 or not 0 <= args.variants <= 16:
         _err("-n must be 1..256 and --variants 0..16")
         return 2
-    split = _load_split(args.split, args.data_dir, args.cache_dir)
+    split = load_prepared(args.split, args.data_dir, args.cache_dir)
     if not split.samples:
         _err(f"split {args.split} has no samples")
         return EXIT_FAILED
+    from hmer.data.batching import augment_grid
     from hmer.training.config import DataConfig
 
     photo_p = DataConfig().photo_p if args.photo_p is None else args.photo_p
@@ -486,7 +347,7 @@ def cmd_augment_grid(args: argparse.Namespace) -> int:
         _err("--photo-p must be between 0 and 1")
         return 2
     grid = augment_grid(split.samples, args.n, args.variants, args.seed, photo_p=photo_p)
-    _save_png(grid, args.output)
+    save_png(grid, args.output)
     rows = min(args.n, len(split.samples))
     print(
         f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}): {rows} expressions, clean "
@@ -506,7 +367,7 @@ def cmd_check_normalization(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.splits:
         try:
-            split = _load_split(name, args.data_dir, args.cache_dir)
+            split = load_prepared(name, args.data_dir, args.cache_dir)
         except (OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
             _err(f"split {name}: {exc}")
             failed += 1
@@ -529,68 +390,13 @@ def cmd_check_normalization(args: argparse.Namespace) -> int:
 # score
 
 
-def read_tsv(path: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """Read ``ID<TAB>LaTeX`` lines into id -> tokens; returns them and one message per bad line."""
-    from hmer.data.latex import tokenize
-
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        return {}, [f"{path}: cannot read ({exc.strerror or exc})"]
-    except UnicodeDecodeError as exc:
-        return {}, [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
-    rows: dict[str, list[str]] = {}
-    errors: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if "\t" not in line:
-            errors.append(f"{path}:{lineno}: no TAB between id and LaTeX")
-            continue
-        key, _, latex = line.partition("\t")
-        key = key.strip()
-        if not key:
-            errors.append(f"{path}:{lineno}: empty id")
-            continue
-        if key in rows:
-            errors.append(f"{path}:{lineno}: duplicate id {key!r} (the later line is used)")
-        rows[key] = tokenize(latex)
-    if not rows and not errors:
-        errors.append(f"{path}: no ID<TAB>LaTeX lines")
-    return rows, errors
-
-
-def format_scores(result: dict) -> str:
-    """The text table of ``hmer score``."""
-    n = result["n"]
-    lines = [
-        f"{'normalization':<22s} {result['normalization']}",
-        f"{'expressions':<22s} {n}",
-        f"{'exact matches':<22s} {result['exact']}",
-        f"{'ExpRate %':<22s} {result['exprate']:.2f}",
-        f"{'<=1 error %':<22s} {result['le1']:.2f}",
-        f"{'<=2 errors %':<22s} {result['le2']:.2f}",
-        f"{'WER % (tokens)':<22s} {result['wer']:.2f}",
-        f"{'CER % (characters)':<22s} {result['cer']:.2f}",
-        f"{'BLEU-4':<22s} {result['bleu4']:.2f}",
-        f"{'edit score %':<22s} {result['edit_score']:.2f}",
-        f"{'missing predictions':<22s} {result['n_missing']}",
-        f"{'predictions w/o truth':<22s} {result['n_extra']}",
-    ]
-    if result["n_matched_without_0"]:
-        lines.append(f"{'matched as ID_0':<22s} {result['n_matched_without_0']}")
-    if result["missing"]:
-        shown = ", ".join(result["missing"][:10])
-        more = f" (+{len(result['missing']) - 10} more)" if len(result["missing"]) > 10 else ""
-        lines.append(f"missing: {shown}{more}")
-    return "\n".join(lines)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
-    from hmer.evaluation.metrics import score
+    from hmer.data.dataset import read_tsv
+    from hmer.data.latex import tokenize
+    from hmer.evaluation.metrics import format_scores, score
 
-    preds, errors = read_tsv(args.pred)
-    truths, truth_errors = read_tsv(args.truth)
+    preds, errors = read_tsv(args.pred, tokenize)
+    truths, truth_errors = read_tsv(args.truth, tokenize)
     errors += truth_errors
     for msg in errors:
         _err(msg)
