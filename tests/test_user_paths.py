@@ -93,6 +93,31 @@ def test_inkml_goes_to_the_stroke_model_when_one_is_the_default(
     assert code == 0 and json.loads(out)["model"] == "tiny-image"  # rendered for the image model
 
 
+def test_one_rule_routes_files_the_python_api_and_the_servers_probe(monkeypatch, tmp_path):
+    import hmer.weights
+    from hmer.recognize import Recognizer, input_kind_of
+    from hmer.weights import weights_for
+
+    image = Path(tiny_image_release(tmp_path / "tiny-image.safetensors"))
+
+    def image_only(kind):
+        if kind != "image":
+            raise WeightsError(f"no default {kind} model")
+        return image
+
+    monkeypatch.setattr(hmer.weights, "default_weights", image_only)
+    assert [input_kind_of(p) for p in ("a/b.INKML", "c.png", "d")] == ["strokes", "image", "image"]
+    assert weights_for("image") == image and weights_for("strokes") == image  # ink rendered
+    assert weights_for("strokes", tmp_path / "given.pt") == tmp_path / "given.pt"
+    # Asked for a stroke model itself (as hmer serve and the API ask, to learn whether one is
+    # shipped), there is none.
+    with pytest.raises(WeightsError):
+        weights_for("strokes", render_ink=False)
+    with pytest.raises(WeightsError):
+        Recognizer.load(None, "strokes")
+    assert Recognizer.load(None, "image").name == "tiny-image"
+
+
 def test_a_tampered_release_is_refused(capsys, tmp_path):
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -23,7 +23,7 @@ from hmer.data.render import render_natural
 from hmer.data.strokes import StrokeSpec
 from hmer.data.vocab import Vocab
 from hmer.decoding import check_deadline, recognize_batch
-from hmer.weights import default_weights, load_any
+from hmer.weights import load_any, weights_for
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 INK_SUFFIXES = {".inkml"}
@@ -126,8 +126,10 @@ class Recognizer:
         cls, model: str | Path | None = None, input_kind: str = "image", beam: int = 10
     ) -> Recognizer:
         """Load a release file, a checkpoint, an ONNX export folder, or the shipped default for
-        ``input_kind`` ("image"/"strokes")."""
-        path = Path(model) if model else default_weights(input_kind)
+        ``input_kind`` ("image"/"strokes"; :func:`hmer.weights.weights_for` with
+        ``render_ink=False``: without a shipped stroke model, "strokes" is a ``WeightsError``, so
+        that callers can tell whether one exists)."""
+        path = weights_for(input_kind, model, render_ink=False)
         net, vocab, name = load_any(path)
         return cls(net, vocab, name, beam)
 
@@ -254,6 +256,11 @@ class Recognizer:
             hyps = recognize_batch(self.model, x, masks, beam=beam, deadline=deadline)
         ms = (time.perf_counter() - t0) * 1000 / len(inputs)
         return [self.postprocess(h, s, ms) for h, s in zip(hyps, sources, strict=True)]
+
+
+def input_kind_of(path: str | Path) -> str:
+    """The kind of input a file holds: "strokes" for ``.inkml`` pen input, else "image"."""
+    return "strokes" if Path(path).suffix.lower() in INK_SUFFIXES else "image"
 
 
 def find_inputs(paths: list[str | Path]) -> list[Path]:

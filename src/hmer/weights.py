@@ -161,7 +161,7 @@ def load_any(path: str | Path | None) -> tuple[torch.nn.Module, Vocab, str]:
 
         model, vocab = load_onnx(path)
         return model, vocab, Path(path).name
-    p = Path(path) if path else default_weights("image")
+    p = weights_for("image", path)
     model, vocab, _ = load_model(p)
     return model, vocab, p.stem
 
@@ -172,6 +172,32 @@ def default_weights(input_kind: str) -> Path:
         if entry.get("default_for") == input_kind:
             return WEIGHTS_DIR / name
     raise WeightsError(f"no default {input_kind} model is shipped in {WEIGHTS_DIR}")
+
+
+# Which kinds of model read each kind of input, preferred first: pen input (.inkml, drawn
+# strokes) goes to a stroke model, else it is rendered for an image model; bitmaps only an image
+# model reads.
+READERS = {"image": ("image",), "strokes": ("strokes", "image")}
+
+
+def weights_for(input_kind: str, model: str | Path | None = None, render_ink: bool = True) -> Path:
+    """The model file that reads ``input_kind`` input ("image" or "strokes"): where hmer decides
+    which model reads which input.
+
+    ``model`` when given (it reads every input); else the shipped default of the first kind in
+    :data:`READERS` that has one, so pen input goes to the shipped image model, rendered, when no
+    stroke model is the default. ``render_ink=False`` takes only a default of ``input_kind``
+    itself. Raises :class:`WeightsError` when none is shipped.
+    """
+    if model:
+        return Path(model)
+    kinds = READERS.get(input_kind, (input_kind,)) if render_ink else (input_kind,)
+    for kind in kinds[:-1]:
+        try:
+            return default_weights(kind)
+        except WeightsError:
+            continue
+    return default_weights(kinds[-1])
 
 
 def shipped_models() -> dict[str, dict]:

@@ -214,22 +214,12 @@ def _init_worker(threads: int) -> None:
 
 
 def _recognizer_for(path: Path, model: str | None, beam: int, timeout: float | None = None):
-    from hmer.recognize import INK_SUFFIXES, Recognizer
-    from hmer.weights import WeightsError, default_weights
+    from hmer.recognize import Recognizer, input_kind_of
+    from hmer.weights import weights_for
 
-    kind = "image"
-    if model:
-        key = model
-    elif path.suffix.lower() in INK_SUFFIXES:
-        try:  # pen input goes to the stroke model when one is shipped
-            key = str(default_weights("strokes"))
-            kind = "strokes"
-        except WeightsError:
-            key = str(default_weights("image"))
-    else:
-        key = str(default_weights("image"))
+    key = str(weights_for(input_kind_of(path), model))
     if key not in _RECOGNIZERS:
-        _RECOGNIZERS[key] = Recognizer.load(key, kind, beam=beam)
+        _RECOGNIZERS[key] = Recognizer.load(key, beam=beam)
     _RECOGNIZERS[key].timeout_s = timeout
     return _RECOGNIZERS[key]
 
