@@ -46,7 +46,7 @@ def serve_tiny(port: int, workers: int, threads: int) -> None:
 
     from hmer.data.vocab import Vocab
     from hmer.interfaces.api import Limits, create_app
-    from hmer.interfaces.cli_serve import serve_app
+    from hmer.interfaces.server import serve_app
     from hmer.models import create_model
     from hmer.recognize import Recognizer
 

@@ -20,6 +20,7 @@ from serve_helpers import (  # noqa: E402
     local_client,
     png_bytes,
     tiny_image_recognizer,
+    tiny_image_release,
     tiny_stroke_recognizer,
 )
 
@@ -414,6 +415,41 @@ def test_serve_command_loads_given_models(tmp_path, image_rec, stroke_rec):
     with local_client(create_app(recs)) as c:
         resp = c.post("/v1/recognize?beam=1", json={"strokes": STROKES})
         assert resp.status_code == 200 and resp.json()["model"] == "img"
+
+
+def test_serve_command_loads_the_shipped_defaults_by_the_routing_rule(
+    monkeypatch, tmp_path, stroke_rec
+):
+    import hmer.weights
+    from hmer.cli import build_parser
+    from hmer.interfaces.cli_serve import _load
+    from hmer.weights import WeightsError, save_release
+
+    cfg = {"name": "strokes", "conv_channels": [16, 32], "context_layers": 1, "d_model": 32}
+    cfg |= {"nhead": 2, "num_layers": 1, "ffn": 64}
+    strokes = save_release(stroke_rec.model, cfg, stroke_rec.vocab, tmp_path / "pen.safetensors")
+    shipped = {"image": tmp_path / "img.safetensors", "strokes": strokes}
+    tiny_image_release(shipped["image"])
+
+    def default_weights(kind):
+        if kind not in shipped:
+            raise WeightsError(f"no default {kind} model")
+        return shipped[kind]
+
+    monkeypatch.setattr(hmer.weights, "default_weights", default_weights)
+    parse = build_parser().parse_args
+    recs = _load(parse(["serve"]))
+    assert {n: r.input_kind for n, r in recs.items()} == {"img": "image", "pen": "strokes"}
+    with local_client(create_app(recs)) as c:
+        assert c.get("/v1/models").json()["default"] == {"image": "img", "strokes": "pen"}
+    assert list(_load(parse(["serve", "--stroke-model", "none"]))) == ["img"]
+    del shipped["strokes"]  # none shipped: drawings are rendered for the image model
+    recs = _load(parse(["serve"]))
+    assert list(recs) == ["img"]
+    with local_client(create_app(recs)) as c:
+        assert c.get("/v1/models").json()["default"] == {"image": "img", "strokes": "img"}
+    with pytest.raises(WeightsError):  # a given file must load
+        _load(parse(["serve", "--stroke-model", str(tmp_path / "missing.safetensors")]))
 
 
 def test_response_is_plain_json(client):

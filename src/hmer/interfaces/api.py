@@ -4,7 +4,8 @@ Routes: ``POST /v1/recognize`` (an image or an InkML file as multipart ``file`` 
 ``image/*`` / ``application/inkml+xml`` body, or pen strokes as JSON), ``GET /v1/models``,
 ``GET /healthz``, the drawing page at ``/`` and offline OpenAPI docs at ``/docs``. Every error is a
 JSON object ``{"detail": message, "code": code}``; nothing about the server's internals is ever
-sent to a client.
+sent to a client. The handlers are module-level; ``create_app`` wires them to one app's
+:class:`ServiceState` (its models, limits and gate), which they read from ``request.app.state``.
 
 Every request's work is bounded (see :class:`Limits`): inputs are capped and reduced to the sizes
 training used, recognition has a deadline, at most ``max_concurrency`` run at once behind a short
@@ -16,6 +17,8 @@ Requests must name this server in ``Host`` and, from a browser, come from its ow
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import io
 import json
 import logging
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -44,6 +47,7 @@ from hmer.data.images import FORMATS, ImageError
 from hmer.data.inkml import InkMLError, parse_inkml
 from hmer.decoding import DecodingTimeout
 from hmer.interfaces.guard import LOOPBACK_HOSTS, CancellableDeadline, Gate, SameOriginMiddleware
+from hmer.weights import READERS
 
 log = logging.getLogger("hmer.api")
 
@@ -301,14 +305,256 @@ def load_default_recognizers() -> dict:
 
 
 def _defaults(recognizers: dict) -> dict[str, str | None]:
-    """Which model reads uploads ("image") and which reads drawn strokes ("strokes")."""
-    image = next((n for n, r in recognizers.items() if r.input_kind == "image"), None)
-    strokes = next((n for n, r in recognizers.items() if r.input_kind == "strokes"), None)
-    # Without a stroke model, strokes are rendered and read by the image model.
-    return {"image": image, "strokes": strokes or image}
+    """Which model reads uploads ("image") and which reads drawn strokes ("strokes"): for each
+    input kind, the first loaded model of the kind :data:`hmer.weights.READERS` prefers (without
+    a stroke model, strokes are rendered and read by the image model)."""
+    return {
+        kind: next(
+            (n for reader in readers for n, r in recognizers.items() if r.input_kind == reader),
+            None,
+        )
+        for kind, readers in READERS.items()
+    }
 
 
-# -- app ----------------------------------------------------------------------------------------
+# -- what the handlers share --------------------------------------------------------------------
+class ServiceState:
+    """One application's models, the default model for each input kind, its limits, the gate in
+    front of its workers and the deadlines of its running work.
+
+    Handlers find it as ``request.app.state.service``.
+    """
+
+    def __init__(self, recognizers: dict, defaults: dict[str, str | None], limits: Limits):
+        self.recognizers = recognizers
+        self.defaults = defaults
+        self.limits = limits
+        self.gate = Gate(limits.max_concurrency, limits.max_pending)
+        self.active: set[CancellableDeadline] = set()
+        self.stopping = False
+
+    def stop_work(self) -> None:
+        """Call off all running work and refuse new work (shutdown)."""
+        self.stopping = True
+        self.gate.close()  # queued requests get 503 now
+        for deadline in list(self.active):
+            deadline.cancel()
+
+    def pick(self, name: str | None, kind: str) -> Any:
+        """The recognizer named ``name`` (it must read ``kind`` input), else the default for
+        ``kind``."""
+        recs = self.recognizers
+        if name is not None:
+            if name not in recs:
+                raise ApiError(
+                    422,
+                    "unknown_model",
+                    f"unknown model {name!r}; known: {', '.join(sorted(recs))}",
+                )
+            rec = recs[name]
+            if rec.input_kind not in READERS[kind]:
+                raise ApiError(
+                    422,
+                    "wrong_model_kind",
+                    f"model {name!r} reads {rec.input_kind}, not {_INPUT_NOUNS[kind]}",
+                )
+            return rec
+        if self.defaults.get(kind) is None:
+            raise ApiError(422, "no_model", f"no model for {kind} input is loaded")
+        return recs[self.defaults[kind]]
+
+    async def run(self, request: Request, fn: Callable[[CancellableDeadline], Any]) -> Any:
+        """Run ``fn(deadline)`` in a worker thread once the gate admits it; the deadline is
+        ``timeout_s`` away and is called off when the client disconnects or the server stops."""
+        gate, limits = self.gate, self.limits
+        if self.stopping:
+            raise _busy("server shutting down")
+        if not await gate.acquire(limits.queue_timeout_s):
+            raise _busy("server shutting down" if self.stopping else "server busy, retry shortly")
+        if await request.is_disconnected():  # gave up while queued: do not start the work
+            gate.release()
+            raise _busy("the client left before its turn")
+        deadline = CancellableDeadline(time.monotonic() + limits.timeout_s)
+        self.active.add(deadline)
+        task = asyncio.ensure_future(run_in_threadpool(fn, deadline))
+
+        def finished(_: asyncio.Future) -> None:  # the slot is free only once the thread is
+            self.active.discard(deadline)
+            gate.release()
+
+        task.add_done_callback(finished)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.2)
+                if not task.done() and await request.is_disconnected():
+                    deadline.cancel()  # nobody waits for the answer: stop at the next step
+                    break
+            return await task
+        except DecodingTimeout as exc:
+            if deadline.cancelled:
+                raise _busy("recognition stopped (client gone or server stopping)") from exc
+            raise ApiError(
+                503,
+                "timeout",
+                f"recognition took longer than {limits.timeout_s:g} s and was stopped; "
+                "a smaller beam (beam=1 is fastest) or a simpler input may fit",
+            ) from exc
+        except asyncio.CancelledError:
+            deadline.cancel()
+            raise
+
+    def check_ink(self, rec: Any, traces: list) -> None:
+        """Refuse ink with more strokes or points than the limits allow (422)."""
+        limits = self.limits
+        if len(traces) > limits.max_strokes:
+            raise ApiError(
+                422, "too_many_strokes", f"too many strokes: {len(traces)} > {limits.max_strokes}"
+            )
+        if sum(len(t) for t in traces) > limits.max_points:
+            raise ApiError(
+                422, "too_many_points", f"too many points: more than {limits.max_points}"
+            )
+        if rec.input_kind == "strokes" and resampled_length(traces) > limits.max_resampled:
+            raise ApiError(
+                422, "too_many_points", "drawing too long or too spread out for the stroke model"
+            )
+
+    def image_work(self, rec: Any, data: bytes, source: str, beam: int | None) -> Callable:
+        """The worker-thread job that recognizes an uploaded image."""
+
+        def work(deadline: CancellableDeadline):
+            check_pixels(data, self.limits)
+            return rec.recognize_image(data, source, beam, deadline=deadline)
+
+        return work
+
+    def inkml_work(self, rec: Any, data: bytes, source: str, beam: int | None) -> Callable:
+        """The worker-thread job that parses, checks and recognizes an uploaded InkML file."""
+
+        def work(deadline: CancellableDeadline):
+            ink = parse_inkml(data, source)
+            self.check_ink(rec, ink.traces)
+            return rec.recognize_ink(ink, beam, deadline=deadline)
+
+        return work
+
+
+_INPUT_NOUNS = {"image": "images", "strokes": "strokes"}
+
+
+def _state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def _busy(message: str = "server busy, retry shortly") -> ApiError:
+    return ApiError(503, "busy", message, {"retry-after": "1"})
+
+
+# -- errors: always JSON, never a traceback -------------------------------------------------------
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message, "code": code}, status, headers=headers)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
+    mb = _state(request).limits.max_upload_bytes / (1024 * 1024)
+    message = f"request body larger than {mb:g} MB"
+    return _error(413, "too_large", message, {"connection": "close"})
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+    message = exc.detail if isinstance(exc.detail, str) else "request refused"
+    code = codes.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, message, exc.headers)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    message = f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request"
+    return _error(422, "invalid_request", message)
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal_error", "internal server error")
+
+
+_ERROR_HANDLERS: list[tuple[type[Exception], Callable]] = [
+    (ApiError, _api_error),
+    (_BodyTooLarge, _too_large),
+    (StarletteHTTPException, _http_error),
+    (RequestValidationError, _invalid),
+    (Exception, _internal),
+]
+
+
+# -- routes ---------------------------------------------------------------------------------------
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["service"])
+async def healthz(request: Request) -> dict:
+    """Liveness and load: "ok" when a request would start at once, "busy" when every worker
+    is taken (requests then wait, up to a limit, or get 503)."""
+    state = _state(request)
+    gate = state.gate
+    busy = gate.running >= gate.capacity or gate.waiting > 0
+    return {
+        "status": "stopping" if state.stopping else "busy" if busy else "ok",
+        "models": len(state.recognizers),
+        "running": gate.running,
+        "waiting": gate.waiting,
+        "capacity": gate.capacity,
+    }
+
+
+@router.get("/v1/models", response_model=ModelsResponse, tags=["recognition"])
+async def models(request: Request) -> dict:
+    """The loaded models, their input kinds and which one is the default for each input."""
+    state = _state(request)
+    out = []
+    for name, rec in state.recognizers.items():
+        roles = [kind for kind, n in state.defaults.items() if n == name]
+        out.append(
+            {"name": name, "input_kind": rec.input_kind, "default_for": roles, "beam": rec.beam}
+        )
+    return {"models": out, "default": state.defaults}
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    """The drawing page."""
+    return FileResponse(
+        STATIC_DIR / "index.html",
+        headers={
+            "content-security-policy": (
+                "default-src 'self'; img-src 'self' data: blob:; "
+                "style-src 'self' 'unsafe-inline'; font-src 'self'; connect-src 'self'; "
+                "object-src 'none'; base-uri 'none'"
+            ),
+            "cache-control": "no-cache",
+        },
+    )
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    """The OpenAPI docs, with Swagger UI served from this package (nothing loaded from outside)."""
+    return get_swagger_ui_html(
+        openapi_url=request.app.openapi_url or "/openapi.json",
+        title="hmer API",
+        swagger_js_url=f"{VENDOR}/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url=f"{VENDOR}/swagger-ui/swagger-ui.css",
+        swagger_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+
+
 _RECOGNIZE_BODY = {
     "requestBody": {
         "required": True,
@@ -330,8 +576,135 @@ _RECOGNIZE_BODY = {
         },
     }
 }
+_RECOGNIZE_ROUTE: dict[str, Any] = {
+    "methods": ["POST"],
+    "response_model": RecognizeResponse,
+    "tags": ["recognition"],
+    "openapi_extra": _RECOGNIZE_BODY,
+    "responses": {s: {"model": ErrorResponse} for s in (400, 403, 413, 415, 422, 500, 503)},
+}
 
 
+def _beam_query(max_beam: int | None = None) -> Any:
+    return Query(None, ge=1, le=max_beam, description="beam width")
+
+
+async def recognize(
+    request: Request,
+    model: str | None = Query(None, description="model name (default: by input kind)"),
+    beam: int | None = _beam_query(),  # bounded by each app's Limits.max_beam: _with_max_beam
+    style: str | None = Query(None, description=STYLE_HELP),
+) -> dict:
+    """Recognize an image or InkML file (multipart field ``file``, or a raw ``image/*`` or
+    ``application/inkml+xml`` body) or pen strokes (JSON ``{"strokes": [[[x, y], ...], ...]}``).
+    ``model``, ``beam`` and ``style`` may also be given in the JSON body or as form fields."""
+    t0 = time.perf_counter()
+    state = _state(request)
+    if state.gate.full():  # refused before the body is even read
+        raise _busy()
+    try:
+        result, style_ = await _recognize(state, request, model, beam, style)
+    except (ApiError, StarletteHTTPException, RequestValidationError, _BodyTooLarge):
+        raise
+    except ClientDisconnect as exc:  # hung up while sending: nobody reads the answer
+        raise ApiError(400, "client_disconnected", "the client disconnected") from exc
+    except (ImageError, InkMLError) as exc:
+        raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
+    except Exception as exc:  # noqa: BLE001
+        # Answered here, not by the generic handler, which would also drop the connection.
+        log.error("internal error on POST /v1/recognize", exc_info=exc)
+        raise ApiError(500, "internal_error", "internal server error") from exc
+    alts = [{"latex": a.latex_as(style_), "score": a.score} for a in result.alternatives]
+    return {
+        "latex": result.latex_as(style_),
+        "tokens": result.tokens,
+        "score": result.score,
+        "alternatives": alts,
+        "model": result.model,
+        "time_ms": result.time_ms,
+        "total_ms": round((time.perf_counter() - t0) * 1000, 1),
+    }
+
+
+def _with_max_beam(endpoint: Callable, max_beam: int) -> Callable:
+    """``endpoint`` with its ``beam`` query parameter capped at ``max_beam``.
+
+    FastAPI takes a parameter's bounds from the handler's signature, and the cap is each app's
+    own (:attr:`Limits.max_beam`): the wrapper's signature carries it, so that FastAPI refuses a
+    wider beam (422) and the OpenAPI schema states the maximum.
+    """
+    sig = inspect.signature(endpoint, eval_str=True)
+    params = [
+        p.replace(default=_beam_query(max_beam)) if p.name == "beam" else p
+        for p in sig.parameters.values()
+    ]
+
+    @functools.wraps(endpoint)
+    async def capped(*args: Any, **kwargs: Any) -> Any:
+        return await endpoint(*args, **kwargs)
+
+    capped.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return capped
+
+
+async def _recognize(
+    state: ServiceState, request: Request, model: str | None, beam: int | None, style: str | None
+) -> tuple[Any, str]:
+    """Read the request by its content type and run its recognition: (result, style)."""
+    limits = state.limits
+    mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if mtype == "application/json" or mtype.endswith("+json"):
+        body = await _read_body(request, limits.max_json_bytes)
+        # Each point is a list: count them before any parsing work grows with them.
+        if body.count(b"[") > limits.max_points + limits.max_strokes + 1:
+            raise ApiError(
+                422, "too_many_points", f"too many points: more than {limits.max_points}"
+            )
+
+        def work(deadline: CancellableDeadline):
+            # Parsed and checked in the worker, off the event loop.
+            payload = _load_json(body)
+            name = _str_field(payload.get("model", model), "model")
+            width = _beam(payload.get("beam", beam), limits)
+            chosen_style = _style(payload.get("style", style))
+            traces = parse_strokes(payload.get("strokes"), limits)
+            rec = state.pick(name, "strokes")
+            state.check_ink(rec, traces)
+            return rec.recognize_strokes(traces, width, deadline=deadline), chosen_style
+
+        return await state.run(request, work)
+    if mtype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
+        data = await upload.read()
+        name = _str_field(form.get("model", model), "model")
+        width = _beam(form.get("beam", beam), limits)
+        chosen_style = _style(form.get("style", style))
+        source = upload.filename or "upload"
+        if _is_inkml(data, upload.filename, upload.content_type):
+            work = state.inkml_work(state.pick(name, "strokes"), data, source, width)
+        else:
+            work = state.image_work(state.pick(name, "image"), data, source, width)
+    elif mtype in INKML_TYPES or mtype.startswith(IMAGE_TYPES):
+        data = await request.body()
+        chosen_style = _style(style)
+        if mtype in INKML_TYPES or (mtype == "application/octet-stream" and _is_inkml(data)):
+            work = state.inkml_work(state.pick(model, "strokes"), data, "upload.inkml", beam)
+        else:
+            work = state.image_work(state.pick(model, "image"), data, "upload", beam)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data with a 'file', an image/* or application/inkml+xml "
+            "body, or application/json strokes",
+        )
+    return await state.run(request, work), chosen_style
+
+
+# -- app ----------------------------------------------------------------------------------------
 def create_app(
     recognizers: dict | None = None,
     limits: Limits | None = None,
@@ -363,288 +736,20 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    service = ServiceState(recs, chosen, limits)
+    app.state.service = service
     app.state.recognizers = recs
     app.state.defaults = chosen
     app.state.limits = limits
+    app.state.stop_work = service.stop_work
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_upload_bytes)
     app.add_middleware(SameOriginMiddleware, allowed_hosts=allowed_hosts)  # outermost: first
-    gate = Gate(limits.max_concurrency, limits.max_pending)
-    active: set[CancellableDeadline] = set()
-    stopping = [False]
-
-    def stop_work() -> None:
-        stopping[0] = True
-        gate.close()  # queued requests get 503 now
-        for deadline in list(active):
-            deadline.cancel()
-
-    app.state.stop_work = stop_work
-
-    # -- errors: always JSON, never a traceback ---------------------------------------------------
-    def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"detail": message, "code": code}, status, headers=headers)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(_BodyTooLarge)
-    async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
-        mb = limits.max_upload_bytes / (1024 * 1024)
-        message = f"request body larger than {mb:g} MB"
-        return error(413, "too_large", message, {"connection": "close"})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-        message = exc.detail if isinstance(exc.detail, str) else "request refused"
-        code = codes.get(exc.status_code, "http_error")
-        return error(exc.status_code, code, message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else "invalid request"
-        return error(422, "invalid_request", message)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error(500, "internal_error", "internal server error")
-
-    # -- routes --------------------------------------------------------------------------------
-    @app.get("/healthz", tags=["service"])
-    async def healthz() -> dict:
-        """Liveness and load: "ok" when a request would start at once, "busy" when every worker
-        is taken (requests then wait, up to a limit, or get 503)."""
-        busy = gate.running >= gate.capacity or gate.waiting > 0
-        return {
-            "status": "stopping" if stopping[0] else "busy" if busy else "ok",
-            "models": len(recs),
-            "running": gate.running,
-            "waiting": gate.waiting,
-            "capacity": gate.capacity,
-        }
-
-    @app.get("/v1/models", response_model=ModelsResponse, tags=["recognition"])
-    async def models() -> dict:
-        """The loaded models, their input kinds and which one is the default for each input."""
-        out = []
-        for name, rec in recs.items():
-            roles = [kind for kind, n in chosen.items() if n == name]
-            out.append(
-                {"name": name, "input_kind": rec.input_kind, "default_for": roles, "beam": rec.beam}
-            )
-        return {"models": out, "default": chosen}
-
-    def pick(name: str | None, kind: str):
-        if name is not None:
-            if name not in recs:
-                raise ApiError(
-                    422,
-                    "unknown_model",
-                    f"unknown model {name!r}; known: {', '.join(sorted(recs))}",
-                )
-            rec = recs[name]
-            if kind == "image" and rec.input_kind != "image":
-                raise ApiError(422, "wrong_model_kind", f"model {name!r} reads strokes, not images")
-            return rec
-        if chosen.get(kind) is None:
-            raise ApiError(422, "no_model", f"no model for {kind} input is loaded")
-        return recs[chosen[kind]]
-
-    def busy(message: str = "server busy, retry shortly") -> ApiError:
-        return ApiError(503, "busy", message, {"retry-after": "1"})
-
-    async def run(request: Request, fn: Callable[[CancellableDeadline], Any]) -> Any:
-        """Run ``fn(deadline)`` in a worker thread once the gate admits it; the deadline is
-        ``timeout_s`` away and is called off when the client disconnects or the server stops."""
-        if stopping[0]:
-            raise busy("server shutting down")
-        if not await gate.acquire(limits.queue_timeout_s):
-            raise busy("server shutting down" if stopping[0] else "server busy, retry shortly")
-        if await request.is_disconnected():  # gave up while queued: do not start the work
-            gate.release()
-            raise busy("the client left before its turn")
-        deadline = CancellableDeadline(time.monotonic() + limits.timeout_s)
-        active.add(deadline)
-        task = asyncio.ensure_future(run_in_threadpool(fn, deadline))
-
-        def finished(_: asyncio.Future) -> None:  # the slot is free only once the thread is
-            active.discard(deadline)
-            gate.release()
-
-        task.add_done_callback(finished)
-        try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.2)
-                if not task.done() and await request.is_disconnected():
-                    deadline.cancel()  # nobody waits for the answer: stop at the next step
-                    break
-            return await task
-        except DecodingTimeout as exc:
-            if deadline.cancelled:
-                raise busy("recognition stopped (client gone or server stopping)") from exc
-            raise ApiError(
-                503,
-                "timeout",
-                f"recognition took longer than {limits.timeout_s:g} s and was stopped; "
-                "a smaller beam (beam=1 is fastest) or a simpler input may fit",
-            ) from exc
-        except asyncio.CancelledError:
-            deadline.cancel()
-            raise
-
-    def check_ink(rec, traces: list) -> None:
-        if len(traces) > limits.max_strokes:
-            raise ApiError(
-                422, "too_many_strokes", f"too many strokes: {len(traces)} > {limits.max_strokes}"
-            )
-        if sum(len(t) for t in traces) > limits.max_points:
-            raise ApiError(
-                422, "too_many_points", f"too many points: more than {limits.max_points}"
-            )
-        if rec.input_kind == "strokes" and resampled_length(traces) > limits.max_resampled:
-            raise ApiError(
-                422, "too_many_points", "drawing too long or too spread out for the stroke model"
-            )
-
-    def image_work(rec, data: bytes, source: str, beam: int | None) -> Callable:
-        def work(deadline: CancellableDeadline):
-            check_pixels(data, limits)
-            return rec.recognize_image(data, source, beam, deadline=deadline)
-
-        return work
-
-    def inkml_work(rec, data: bytes, source: str, beam: int | None) -> Callable:
-        def work(deadline: CancellableDeadline):
-            ink = parse_inkml(data, source)
-            check_ink(rec, ink.traces)
-            return rec.recognize_ink(ink, beam, deadline=deadline)
-
-        return work
-
-    @app.post(
-        "/v1/recognize",
-        response_model=RecognizeResponse,
-        tags=["recognition"],
-        openapi_extra=_RECOGNIZE_BODY,
-        responses={s: {"model": ErrorResponse} for s in (400, 403, 413, 415, 422, 500, 503)},
+    for exc_type, handler in _ERROR_HANDLERS:
+        app.add_exception_handler(exc_type, handler)
+    app.include_router(router)
+    app.add_api_route(
+        "/v1/recognize", _with_max_beam(recognize, limits.max_beam), **_RECOGNIZE_ROUTE
     )
-    async def recognize(
-        request: Request,
-        model: str | None = Query(None, description="model name (default: by input kind)"),
-        beam: int | None = Query(None, ge=1, le=limits.max_beam, description="beam width"),
-        style: str | None = Query(None, description=STYLE_HELP),
-    ) -> dict:
-        """Recognize an image or InkML file (multipart field ``file``, or a raw ``image/*`` or
-        ``application/inkml+xml`` body) or pen strokes (JSON ``{"strokes": [[[x, y], ...], ...]}``).
-        ``model``, ``beam`` and ``style`` may also be given in the JSON body or as form fields."""
-        t0 = time.perf_counter()
-        if gate.full():  # refused before the body is even read
-            raise busy()
-        try:
-            result, style_ = await _recognize(request, model, beam, style)
-        except (ApiError, StarletteHTTPException, RequestValidationError, _BodyTooLarge):
-            raise
-        except ClientDisconnect as exc:  # hung up while sending: nobody reads the answer
-            raise ApiError(400, "client_disconnected", "the client disconnected") from exc
-        except (ImageError, InkMLError) as exc:
-            raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
-        except Exception as exc:  # noqa: BLE001
-            # Answered here, not by the generic handler, which would also drop the connection.
-            log.error("internal error on POST /v1/recognize", exc_info=exc)
-            raise ApiError(500, "internal_error", "internal server error") from exc
-        alts = [{"latex": a.latex_as(style_), "score": a.score} for a in result.alternatives]
-        return {
-            "latex": result.latex_as(style_),
-            "tokens": result.tokens,
-            "score": result.score,
-            "alternatives": alts,
-            "model": result.model,
-            "time_ms": result.time_ms,
-            "total_ms": round((time.perf_counter() - t0) * 1000, 1),
-        }
-
-    async def _recognize(request: Request, model, beam, style) -> tuple[Any, str]:
-        mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if mtype == "application/json" or mtype.endswith("+json"):
-            body = await _read_body(request, limits.max_json_bytes)
-            # Each point is a list: count them before any parsing work grows with them.
-            if body.count(b"[") > limits.max_points + limits.max_strokes + 1:
-                raise ApiError(
-                    422, "too_many_points", f"too many points: more than {limits.max_points}"
-                )
-
-            def work(deadline: CancellableDeadline):
-                # Parsed and checked in the worker, off the event loop.
-                payload = _load_json(body)
-                name = _str_field(payload.get("model", model), "model")
-                width = _beam(payload.get("beam", beam), limits)
-                chosen_style = _style(payload.get("style", style))
-                traces = parse_strokes(payload.get("strokes"), limits)
-                rec = pick(name, "strokes")
-                check_ink(rec, traces)
-                return rec.recognize_strokes(traces, width, deadline=deadline), chosen_style
-
-            return await run(request, work)
-        if mtype == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=8)
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
-            data = await upload.read()
-            name = _str_field(form.get("model", model), "model")
-            width = _beam(form.get("beam", beam), limits)
-            chosen_style = _style(form.get("style", style))
-            source = upload.filename or "upload"
-            if _is_inkml(data, upload.filename, upload.content_type):
-                work = inkml_work(pick(name, "strokes"), data, source, width)
-            else:
-                work = image_work(pick(name, "image"), data, source, width)
-        elif mtype in INKML_TYPES or mtype.startswith(IMAGE_TYPES):
-            data = await request.body()
-            chosen_style = _style(style)
-            if mtype in INKML_TYPES or (mtype == "application/octet-stream" and _is_inkml(data)):
-                work = inkml_work(pick(model, "strokes"), data, "upload.inkml", beam)
-            else:
-                work = image_work(pick(model, "image"), data, "upload", beam)
-        else:
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                "send multipart/form-data with a 'file', an image/* or application/inkml+xml "
-                "body, or application/json strokes",
-            )
-        return await run(request, work), chosen_style
-
-    # -- page and docs -------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(
-            STATIC_DIR / "index.html",
-            headers={
-                "content-security-policy": (
-                    "default-src 'self'; img-src 'self' data: blob:; "
-                    "style-src 'self' 'unsafe-inline'; font-src 'self'; connect-src 'self'; "
-                    "object-src 'none'; base-uri 'none'"
-                ),
-                "cache-control": "no-cache",
-            },
-        )
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title="hmer API",
-            swagger_js_url=f"{VENDOR}/swagger-ui/swagger-ui-bundle.js",
-            swagger_css_url=f"{VENDOR}/swagger-ui/swagger-ui.css",
-            swagger_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png",
-            swagger_ui_parameters={"validatorUrl": None},
-        )
-
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

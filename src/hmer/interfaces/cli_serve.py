@@ -61,19 +61,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace) -> dict:
     """The recognizers to serve: the given files, else the shipped defaults that exist."""
     from hmer.recognize import Recognizer
-    from hmer.weights import WeightsError
+    from hmer.weights import WeightsError, weights_for
 
-    def shipped(kind: str):
+    def load(kind: str, given: str | None, render_ink: bool = True) -> Recognizer | None:
         try:
-            return Recognizer.load(None, kind)
+            return Recognizer.load(weights_for(kind, given, render_ink=render_ink))
         except WeightsError:
-            return None
+            if given:
+                raise
+            return None  # none shipped (or unusable): served without it
 
-    image = Recognizer.load(args.model) if args.model else shipped("image")
+    image = load("image", args.model)
     if args.stroke_model == "none":
         strokes = None
     else:
-        strokes = Recognizer.load(args.stroke_model) if args.stroke_model else shipped("strokes")
+        # Only a stroke model of its own: without one, drawings go to the image model above.
+        strokes = load("strokes", args.stroke_model, render_ink=False)
     recs: dict = {}
     for rec in (image, strokes):
         if rec is None:
@@ -113,37 +116,12 @@ def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
     return names
 
 
-def serve_app(app, host: str, port: int, limit_concurrency: int | None = None) -> None:
-    """Run ``app`` (from ``create_app``) with uvicorn until SIGINT or SIGTERM.
-
-    On the signal, running recognitions are called off (they stop at their next step), queued
-    ones get 503, and connections still open after 2 s are dropped: the server exits within
-    seconds whatever it was doing. ``limit_concurrency`` caps connections (uvicorn answers 503
-    beyond).
-    """
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            app.state.stop_work()
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-        limit_concurrency=limit_concurrency,
-    )
-    Server(config).run()
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - the server extras are installed
 
         from hmer.interfaces.api import Limits, create_app
+        from hmer.interfaces.server import serve_app
     except ImportError as exc:
         print(
             f"hmer serve needs the server extras: pip install 'hmer[serve]' ({exc})",
