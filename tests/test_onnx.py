@@ -70,3 +70,21 @@ def test_only_the_coverage_transformer_exports(tmp_path):
         export_onnx(model, None, tmp_path)  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError, match="not an ONNX export folder"):
         load_onnx(tmp_path)
+
+
+def test_shipped_model_on_shipped_examples_matches_pytorch(tmp_path):
+    from pathlib import Path
+
+    import hmer
+
+    rec = Recognizer.load()  # the shipped default image model
+    folder = export_onnx(rec.model, rec.vocab, tmp_path / "shipped")
+    model, vocab = load_onnx(folder, threads=1)
+    onnx_rec = Recognizer(model, vocab, "onnx")
+    examples = sorted((Path(hmer.__file__).parent / "examples").glob("*.png"))
+    assert len(examples) >= 5
+    for path in examples:
+        for beam in (1, 10):
+            a, b = rec.recognize_file(path, beam=beam), onnx_rec.recognize_file(path, beam=beam)
+            assert a.tokens == b.tokens, (path.name, beam)
+            assert abs(a.score - b.score) < 1e-3
