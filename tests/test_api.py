@@ -395,19 +395,15 @@ def test_inference_runs_off_the_event_loop_and_concurrently():
 
 
 def test_serve_command_loads_given_models(tmp_path, image_rec, stroke_rec):
+    from serve_helpers import TINY_IMAGE_CFG
+
     from hmer.cli import build_parser
     from hmer.interfaces.cli_serve import _load
     from hmer.weights import save_release
 
-    cfg = {
-        "name": "transformer",
-        "encoder_cfg": {"growth": 4, "depth": 2},
-        "d_model": 32,
-        "nhead": 2,
-        "num_layers": 1,
-        "ffn": 64,
-    }
-    path = save_release(image_rec.model, cfg, image_rec.vocab, tmp_path / "img.safetensors")
+    path = save_release(
+        image_rec.model, TINY_IMAGE_CFG, image_rec.vocab, tmp_path / "img.safetensors"
+    )
     args = build_parser().parse_args(["serve", "--model", str(path), "--stroke-model", "none"])
     assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 8000, 10.0)
     recs = _load(args)

@@ -177,6 +177,14 @@ class Recognizer:
         return self.recognize_image(path, str(path), beam, deadline)
 
     # -- core --------------------------------------------------------------------------------
+    def _deadline(self, deadline: float | None) -> float | None:
+        """The earlier of the caller's deadline and this recognizer's own ``timeout_s``."""
+        if self.timeout_s is not None:
+            own = time.monotonic() + self.timeout_s
+            deadline = own if deadline is None else min(deadline, own)
+        check_deadline(deadline)
+        return deadline
+
     def _need(self, kind: str, source: str) -> None:
         if self.input_kind != kind:
             raise ValueError(f"{source}: model {self.name} reads {self.input_kind}, not {kind}")
@@ -184,10 +192,7 @@ class Recognizer:
     def _run(self, x: np.ndarray, source: str, beam: int | None, deadline: float | None) -> Result:
         t0 = time.perf_counter()
         beam = self.beam if beam is None else beam
-        if self.timeout_s is not None:
-            own = time.monotonic() + self.timeout_s
-            deadline = own if deadline is None else min(deadline, own)
-        check_deadline(deadline)
+        deadline = self._deadline(deadline)
         if self.input_kind == "image":
             inputs = torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]
             masks = torch.zeros(1, *x.shape, dtype=torch.bool)
@@ -247,10 +252,7 @@ class Recognizer:
             return []
         t0 = time.perf_counter()
         beam = self.beam if beam is None else beam
-        if self.timeout_s is not None:
-            own = time.monotonic() + self.timeout_s
-            deadline = own if deadline is None else min(deadline, own)
-        check_deadline(deadline)
+        deadline = self._deadline(deadline)
         x, masks = pad_points(inputs) if self.input_kind == "strokes" else pad_images(inputs)
         with self._lock, torch.inference_mode():
             hyps = recognize_batch(self.model, x, masks, beam=beam, deadline=deadline)
