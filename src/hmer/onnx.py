@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from hmer.data.vocab import Vocab
+from hmer.data.vocab import EOS_ID, SOS_ID, Vocab
 from hmer.models.encoders import STRIDE, downsample_mask, pad_to_stride
 from hmer.models.positional import _sinusoid
 from hmer.models.transformer import TransformerHMER
@@ -153,7 +153,8 @@ class OnnxHMER:
         return self
 
     def start_tokens(self, direction: str) -> tuple[int, int]:
-        return TransformerHMER.start_tokens(None, direction)  # type: ignore[arg-type]
+        """(start, end) token ids of a direction, as the exported model was trained."""
+        return (SOS_ID, EOS_ID) if direction == "l2r" else (EOS_ID, SOS_ID)
 
     def encode(self, images: torch.Tensor, masks: torch.Tensor) -> dict:
         """One image (1,1,H,W) and its mask -> memory (keys/values of every layer)."""
