@@ -189,13 +189,13 @@ class EpochBatches(BucketedEpoch):
 
     def image(self, index: int) -> np.ndarray:
         """Sample ``index`` as this epoch shows it to the model: float32, ink about 1, unpadded."""
-        img = draw_plan(self._render_plan(index)).astype(np.float32) / 255.0
+        img = draw_plan(self._render_plan(index))
         if self.augment and self.photo_p > 0:
             # A stream of its own: the render plan (and so the buckets) stays as it was.
             rng = np.random.default_rng([self.seed, self.epoch, index, 1])
             if rng.random() < self.photo_p:
-                img = self.photo_aug(np.round(img * 255).astype(np.uint8), rng)
-        return img
+                return self.photo_aug(img, rng)  # takes the uint8 render, gives float32
+        return img.astype(np.float32) / 255.0
 
     def __getitem__(self, k: int) -> dict:
         (h, w), items = self.batches[k]
