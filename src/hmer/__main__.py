@@ -1,0 +1,7 @@
+"""``python -m hmer``: the same command line as the ``hmer`` script."""
+
+import sys
+
+from hmer.cli import main
+
+sys.exit(main())
