@@ -5,12 +5,15 @@ models) or its point features (stroke models), decoding, and post-processing, th
 ``hmer.recognize.Recognizer``; p50/p90 in ms for each beam width, after a few warm-up
 expressions. Batch throughput decodes sorted, padded batches greedily (expressions/s), the way an
 offline job over a directory could. Threads default to the 2 cores of the reference machine.
+``--route`` times the pen-input routes of ``hmer recognize --route``: "fusion" runs both models
+(beam 1: the greedy fusion mode for live recognition) and has no batch mode.
 
     python benchmarks/latency.py                          # shipped image model, 200 expressions
     python benchmarks/latency.py --model src/hmer/weights/strokes.safetensors --limit 100
     python benchmarks/latency.py --threads 1 --beams 1 --batch 0
     python benchmarks/latency.py --model DIR --batch 0     # an ONNX export (hmer export --onnx)
     python benchmarks/latency.py --int8                   # dynamic int8 linear layers
+    python benchmarks/latency.py --route fusion --beams 1,10
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from hmer.data.inkml import Ink
 from hmer.data.render import render_natural
 from hmer.data.strokes import ink_features, pad_points
 from hmer.decoding import recognize_batch
+from hmer.fusion import ink_recognizer
 from hmer.recognize import Recognizer
 
 
@@ -38,8 +42,9 @@ def percentiles(seconds: list[float]) -> tuple[float, float, float]:
     return p50, p90, p99
 
 
-def latency(rec: Recognizer, inks: list[Ink], beam: int, warmup: int = 5) -> list[float]:
-    """Seconds per expression, one at a time, after ``warmup`` unrecorded ones."""
+def latency(rec, inks: list[Ink], beam: int, warmup: int = 5) -> list[float]:
+    """Seconds per expression of ``rec`` (a Recognizer or FusionRecognizer), one at a time,
+    after ``warmup`` unrecorded ones."""
     for ink in inks[:warmup]:
         rec.recognize_ink(ink, beam=beam)
     times = []
@@ -71,6 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--model", help="a release, checkpoint or ONNX export folder (default: shipped image model)"
     )
     p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers")
+    p.add_argument(
+        "--route",
+        choices=["image", "strokes", "fusion"],
+        help="the pen-input route to time, as hmer recognize --route (--model: its image model, "
+        "or the stroke model of 'strokes')",
+    )
+    p.add_argument("--stroke-model", help="stroke model of --route strokes/fusion")
     p.add_argument("--limit", type=int, default=200, help="test expressions (the first N)")
     p.add_argument("--beams", default="1,10", help="beam widths, comma-separated (1 = greedy)")
     p.add_argument("--batch", type=int, default=16, help="batch size for throughput (0 = skip)")
@@ -79,7 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    rec = Recognizer.load(args.model)
+    if args.route:
+        if args.int8:
+            p.error("--int8 applies to one model; leave out --route")
+        rec = ink_recognizer(args.route, args.model, args.stroke_model)
+    else:
+        rec = Recognizer.load(args.model)
     if args.int8:
         from hmer.models.quantize import quantize_int8
 
@@ -87,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     samples = load_cached("2014").samples[: args.limit]
     inks = [Ink(s.traces, source=s.id) for s in samples]
     report = {"model": rec.name, "expressions": len(inks), "threads": args.threads}
+    if args.route:
+        report["route"] = args.route
     for beam in (int(b) for b in args.beams.split(",")):
         times = latency(rec, inks, beam)
         p50, p90, p99 = percentiles(times)
@@ -94,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         report[f"beam{beam}_ms_p99"] = p99
         if beam == 1:
             report["greedy_one_at_a_time_expr_per_s"] = round(len(times) / sum(times), 1)
-    if args.batch:
+    if args.batch and args.route != "fusion":  # fusion decodes no batches
         report[f"greedy_batch{args.batch}_expr_per_s"] = batch_throughput(rec, inks, args.batch)
     if args.json:
         print(json.dumps(report, indent=2))

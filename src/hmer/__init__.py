@@ -9,4 +9,8 @@ def __getattr__(name: str):
         from hmer.recognize import Recognizer
 
         return Recognizer
+    if name == "FusionRecognizer":
+        from hmer.fusion import FusionRecognizer
+
+        return FusionRecognizer
     raise AttributeError(name)

@@ -179,11 +179,7 @@ class Recognizer:
     # -- core --------------------------------------------------------------------------------
     def _deadline(self, deadline: float | None) -> float | None:
         """The earlier of the caller's deadline and this recognizer's own ``timeout_s``."""
-        if self.timeout_s is not None:
-            own = time.monotonic() + self.timeout_s
-            deadline = own if deadline is None else min(deadline, own)
-        check_deadline(deadline)
-        return deadline
+        return deadline_within(deadline, self.timeout_s)
 
     def _need(self, kind: str, source: str) -> None:
         if self.input_kind != kind:
@@ -193,36 +189,24 @@ class Recognizer:
         t0 = time.perf_counter()
         beam = self.beam if beam is None else beam
         deadline = self._deadline(deadline)
-        if self.input_kind == "image":
-            inputs = torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]
-            masks = torch.zeros(1, *x.shape, dtype=torch.bool)
-        else:
-            inputs = torch.from_numpy(x.astype(np.float32))[None]
-            masks = torch.zeros(1, x.shape[0], dtype=torch.bool)
+        inputs, masks = self.as_batch(x)
         with self._lock, torch.inference_mode():
             hyps = recognize_batch(self.model, inputs, masks, beam=beam, deadline=deadline)[0]
         ms = (time.perf_counter() - t0) * 1000
         return self.postprocess(hyps, source, ms)
 
+    def as_batch(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of one from a prepared input (``prepare_ink``/``prepare_file``): the model's
+        input tensor and its (empty) padding mask."""
+        if self.input_kind == "image":
+            inputs = torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]
+            return inputs, torch.zeros(1, *x.shape, dtype=torch.bool)
+        inputs = torch.from_numpy(x.astype(np.float32))[None]
+        return inputs, torch.zeros(1, x.shape[0], dtype=torch.bool)
+
     def postprocess(self, hyps: list, source: str = "", ms: float = 0.0) -> Result:
-        """What a user is given for a decoded n-best list (best first): token strings, each made
-        well-formed LaTeX when it is not (and then ranked after every valid one), duplicates
-        merged. Evaluation scores this, so that it measures what users get."""
-        valid, repaired, seen = [], [], set()
-        for h in hyps:
-            tokens = self.vocab.decode(h.ids)
-            ok = is_valid(tokens)
-            if not ok:  # pasted LaTeX must compile: smallest edits that make it well-formed
-                tokens = repair(tokens)
-            if tuple(tokens) in seen:
-                continue
-            seen.add(tuple(tokens))
-            alt = Alternative(detokenize(tokens, compact=True), tokens, round(h.confidence, 4))
-            (valid if ok else repaired).append(alt)
-        # A hypothesis that was not valid LaTeX yields to every valid one.
-        ranked = valid + repaired
-        best = ranked[0] if ranked else Alternative("", [], 0.0)
-        return Result(best.latex, best.tokens, best.score, ranked, self.name, round(ms, 1), source)
+        """What a user is given for a decoded n-best list (best first): see :func:`ranked`."""
+        return ranked(hyps, self.vocab, self.name, source, ms)
 
     # -- batches -----------------------------------------------------------------------------
     def prepare_file(self, path: str | Path) -> np.ndarray:
@@ -258,6 +242,43 @@ class Recognizer:
             hyps = recognize_batch(self.model, x, masks, beam=beam, deadline=deadline)
         ms = (time.perf_counter() - t0) * 1000 / len(inputs)
         return [self.postprocess(h, s, ms) for h, s in zip(hyps, sources, strict=True)]
+
+
+def ranked(hyps: list, vocab: Vocab, model: str = "", source: str = "", ms: float = 0.0) -> Result:
+    """What a user is given for a decoded n-best list (best first; each with ``ids`` and a
+    ``confidence``): token strings, each made well-formed LaTeX when it is not (and then ranked
+    after every valid one), duplicates merged. Evaluation scores this, so that it measures what
+    users get."""
+    order = [alt for _, alt in alternatives(hyps, vocab)]
+    best = order[0] if order else Alternative("", [], 0.0)
+    return Result(best.latex, best.tokens, best.score, order, model, round(ms, 1), source)
+
+
+def alternatives(hyps: list, vocab: Vocab) -> list[tuple[int, Alternative]]:
+    """:func:`ranked`'s alternatives, each with the index in ``hyps`` it comes from."""
+    valid, repaired, seen = [], [], set()
+    for i, h in enumerate(hyps):
+        tokens = vocab.decode(h.ids)
+        ok = is_valid(tokens)
+        if not ok:  # pasted LaTeX must compile: smallest edits that make it well-formed
+            tokens = repair(tokens)
+        if tuple(tokens) in seen:
+            continue
+        seen.add(tuple(tokens))
+        alt = Alternative(detokenize(tokens, compact=True), tokens, round(h.confidence, 4))
+        (valid if ok else repaired).append((i, alt))
+    # A hypothesis that was not valid LaTeX yields to every valid one.
+    return valid + repaired
+
+
+def deadline_within(deadline: float | None, timeout_s: float | None) -> float | None:
+    """The earlier of ``deadline`` and ``timeout_s`` from now (``time.monotonic()`` values);
+    raises :class:`hmer.decoding.DecodingTimeout` when it has passed already."""
+    if timeout_s is not None:
+        own = time.monotonic() + timeout_s
+        deadline = own if deadline is None else min(deadline, own)
+    check_deadline(deadline)
+    return deadline
 
 
 def input_kind_of(path: str | Path) -> str:

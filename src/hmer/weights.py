@@ -20,6 +20,8 @@ from hmer.models import create_model
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST = "MANIFEST.json"
+# The fitted combination of the shipped image and stroke models for pen input (hmer.fusion).
+FUSION_PARAMS = WEIGHTS_DIR / "fusion.json"
 
 
 class WeightsError(RuntimeError):
@@ -198,6 +200,40 @@ def weights_for(input_kind: str, model: str | Path | None = None, render_ink: bo
         except WeightsError:
             continue
     return default_weights(kinds[-1])
+
+
+def shipped_weights(input_kind: str) -> Path:
+    """A shipped model file of ``input_kind``: its default, else the first one the manifest lists
+    (a stroke model can ship without being the default reader of pen input)."""
+    try:
+        return default_weights(input_kind)
+    except WeightsError:
+        for name, entry in read_manifest().items():
+            if entry.get("input_kind") == input_kind:
+                return WEIGHTS_DIR / name
+        raise
+
+
+# How pen input can be read: rendered for the image model, by the stroke model, or by both fused.
+ROUTES = ("image", "strokes", "fusion")
+
+
+def ink_route() -> str:
+    """Which route reads pen input when none is asked for: "fusion" when the shipped fusion
+    parameters say so (``default_for_ink``), else "strokes" when a stroke model is the default,
+    else "image" (rendered), as :func:`weights_for` decides."""
+    if FUSION_PARAMS.is_file():
+        try:
+            default = json.loads(FUSION_PARAMS.read_text()).get("default_for_ink") is True
+        except (ValueError, AttributeError) as exc:
+            raise WeightsError(f"{FUSION_PARAMS}: not a fusion parameter file ({exc})") from exc
+        if default:
+            return "fusion"
+    try:
+        default_weights("strokes")
+    except WeightsError:
+        return "image"
+    return "strokes"
 
 
 def shipped_models() -> dict[str, dict]:

@@ -48,6 +48,7 @@ from hmer.data.inkml import InkMLError, parse_inkml
 from hmer.decoding import DecodingTimeout
 from hmer.interfaces.guard import LOOPBACK_HOSTS, CancellableDeadline, Gate, SameOriginMiddleware
 from hmer.weights import READERS
+from hmer.weights import ROUTES as READER_ROUTES
 
 log = logging.getLogger("hmer.api")
 
@@ -58,6 +59,10 @@ INKML_TYPES = ("application/inkml+xml", "application/xml", "text/xml")
 STYLE_HELP = (
     "Output: 'latex' compact, x^{2} (default); 'tokens' the token form, x ^ { 2 }; "
     "'mathml' presentation MathML"
+)
+ROUTE_HELP = (
+    "Who reads pen input: 'image' (rendered), 'strokes' (the stroke model) or 'fusion' (both); "
+    "default: the server's choice (GET /v1/models: ink_route). Not with 'model'"
 )
 
 
@@ -96,6 +101,7 @@ class StrokesRequest(BaseModel):
     )
     beam: int | None = Field(None, ge=1, description="beam width (default: the model's)")
     model: str | None = Field(None, description="model name from /v1/models (default: automatic)")
+    route: str | None = Field(None, description=ROUTE_HELP)
     style: str | None = Field(None, description=STYLE_HELP)
 
 
@@ -129,6 +135,10 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     default: dict[str, str | None]
+    routes: dict[str, str | None] = Field(
+        ..., description="what reads pen input on each route (null: not available here)"
+    )
+    ink_route: str = Field(..., description="the route pen input takes when none is asked for")
 
 
 # -- request body size limit ----------------------------------------------------------------------
@@ -325,10 +335,27 @@ class ServiceState:
     Handlers find it as ``request.app.state.service``.
     """
 
-    def __init__(self, recognizers: dict, defaults: dict[str, str | None], limits: Limits):
+    def __init__(
+        self,
+        recognizers: dict,
+        defaults: dict[str, str | None],
+        limits: Limits,
+        fusion: Any = None,
+        ink_route: str | None = None,
+    ):
         self.recognizers = recognizers
         self.defaults = defaults
         self.limits = limits
+        self.fusion = fusion  # a hmer.fusion.FusionRecognizer over two of the recognizers
+        strokes = [n for n, r in recognizers.items() if r.input_kind == "strokes"]
+        self.routes = {
+            "image": defaults.get("image"),
+            "strokes": strokes[0] if strokes else None,
+            "fusion": fusion.name if fusion is not None else None,
+        }
+        if ink_route is not None and self.routes.get(ink_route) is None:
+            raise ValueError(f"pen input cannot default to the {ink_route!r} route: not loaded")
+        self.ink_route = ink_route
         self.gate = Gate(limits.max_concurrency, limits.max_pending)
         self.active: set[CancellableDeadline] = set()
         self.stopping = False
@@ -340,10 +367,20 @@ class ServiceState:
         for deadline in list(self.active):
             deadline.cancel()
 
-    def pick(self, name: str | None, kind: str) -> Any:
-        """The recognizer named ``name`` (it must read ``kind`` input), else the default for
-        ``kind``."""
+    def default_route(self) -> str:
+        """The route pen input takes when a request names neither model nor route."""
+        if self.ink_route is not None:
+            return self.ink_route
+        return "image" if self.defaults.get("strokes") == self.routes["image"] else "strokes"
+
+    def pick(self, name: str | None, kind: str, route: str | None = None) -> Any:
+        """The recognizer named ``name`` (it must read ``kind`` input), else the reader of
+        ``route`` (pen input), else the default for ``kind``."""
         recs = self.recognizers
+        if route is not None:
+            return self._route(name, kind, route)
+        if name is None and kind == "strokes" and self.ink_route is not None:
+            return self._route(None, kind, self.ink_route)
         if name is not None:
             if name not in recs:
                 raise ApiError(
@@ -362,6 +399,23 @@ class ServiceState:
         if self.defaults.get(kind) is None:
             raise ApiError(422, "no_model", f"no model for {kind} input is loaded")
         return recs[self.defaults[kind]]
+
+    def _route(self, name: str | None, kind: str, route: Any) -> Any:
+        if name is not None:
+            raise ApiError(422, "bad_route", "give 'model' or 'route', not both")
+        if route not in READER_ROUTES:
+            raise ApiError(422, "bad_route", f"'route' must be one of {', '.join(READER_ROUTES)}")
+        if kind == "image" and route != "image":
+            raise ApiError(
+                422, "bad_route", f"the {route} route reads pen input; images go to the image model"
+            )
+        if route == "fusion":
+            if self.fusion is None:
+                raise ApiError(422, "no_route", "fusion needs an image and a stroke model loaded")
+            return self.fusion
+        if self.routes[route] is None:
+            raise ApiError(422, "no_route", f"no {route} model is loaded")
+        return self.recognizers[self.routes[route]]
 
     async def run(self, request: Request, fn: Callable[[CancellableDeadline], Any]) -> Any:
         """Run ``fn(deadline)`` in a worker thread once the gate admits it; the deadline is
@@ -523,7 +577,15 @@ async def models(request: Request) -> dict:
         out.append(
             {"name": name, "input_kind": rec.input_kind, "default_for": roles, "beam": rec.beam}
         )
-    return {"models": out, "default": state.defaults}
+    default = dict(state.defaults)
+    if state.ink_route is not None:
+        default["strokes"] = state.routes[state.ink_route]
+    return {
+        "models": out,
+        "default": default,
+        "routes": state.routes,
+        "ink_route": state.default_route(),
+    }
 
 
 @router.get("/", include_in_schema=False)
@@ -567,6 +629,7 @@ _RECOGNIZE_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "beam": {"type": "integer"},
                         "model": {"type": "string"},
+                        "route": {"type": "string", "enum": list(READER_ROUTES)},
                         "style": {"type": "string", "enum": ["latex", "tokens", "mathml"]},
                     },
                 }
@@ -594,16 +657,18 @@ async def recognize(
     model: str | None = Query(None, description="model name (default: by input kind)"),
     beam: int | None = _beam_query(),  # bounded by each app's Limits.max_beam: _with_max_beam
     style: str | None = Query(None, description=STYLE_HELP),
+    route: str | None = Query(None, description=ROUTE_HELP),
 ) -> dict:
     """Recognize an image or InkML file (multipart field ``file``, or a raw ``image/*`` or
     ``application/inkml+xml`` body) or pen strokes (JSON ``{"strokes": [[[x, y], ...], ...]}``).
-    ``model``, ``beam`` and ``style`` may also be given in the JSON body or as form fields."""
+    ``model``, ``route``, ``beam`` and ``style`` may also be given in the JSON body or as form
+    fields."""
     t0 = time.perf_counter()
     state = _state(request)
     if state.gate.full():  # refused before the body is even read
         raise _busy()
     try:
-        result, style_ = await _recognize(state, request, model, beam, style)
+        result, style_ = await _recognize(state, request, model, beam, style, route)
     except (ApiError, StarletteHTTPException, RequestValidationError, _BodyTooLarge):
         raise
     except ClientDisconnect as exc:  # hung up while sending: nobody reads the answer
@@ -648,7 +713,12 @@ def _with_max_beam(endpoint: Callable, max_beam: int) -> Callable:
 
 
 async def _recognize(
-    state: ServiceState, request: Request, model: str | None, beam: int | None, style: str | None
+    state: ServiceState,
+    request: Request,
+    model: str | None,
+    beam: int | None,
+    style: str | None,
+    route: str | None = None,
 ) -> tuple[Any, str]:
     """Read the request by its content type and run its recognition: (result, style)."""
     limits = state.limits
@@ -665,10 +735,11 @@ async def _recognize(
             # Parsed and checked in the worker, off the event loop.
             payload = _load_json(body)
             name = _str_field(payload.get("model", model), "model")
+            way = _str_field(payload.get("route", route), "route")
             width = _beam(payload.get("beam", beam), limits)
             chosen_style = _style(payload.get("style", style))
             traces = parse_strokes(payload.get("strokes"), limits)
-            rec = state.pick(name, "strokes")
+            rec = state.pick(name, "strokes", way)
             state.check_ink(rec, traces)
             return rec.recognize_strokes(traces, width, deadline=deadline), chosen_style
 
@@ -680,20 +751,21 @@ async def _recognize(
             raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
         data = await upload.read()
         name = _str_field(form.get("model", model), "model")
+        way = _str_field(form.get("route", route), "route")
         width = _beam(form.get("beam", beam), limits)
         chosen_style = _style(form.get("style", style))
         source = upload.filename or "upload"
         if _is_inkml(data, upload.filename, upload.content_type):
-            work = state.inkml_work(state.pick(name, "strokes"), data, source, width)
+            work = state.inkml_work(state.pick(name, "strokes", way), data, source, width)
         else:
-            work = state.image_work(state.pick(name, "image"), data, source, width)
+            work = state.image_work(state.pick(name, "image", way), data, source, width)
     elif mtype in INKML_TYPES or mtype.startswith(IMAGE_TYPES):
         data = await request.body()
         chosen_style = _style(style)
         if mtype in INKML_TYPES or (mtype == "application/octet-stream" and _is_inkml(data)):
-            work = state.inkml_work(state.pick(model, "strokes"), data, "upload.inkml", beam)
+            work = state.inkml_work(state.pick(model, "strokes", route), data, "upload.inkml", beam)
         else:
-            work = state.image_work(state.pick(model, "image"), data, "upload", beam)
+            work = state.image_work(state.pick(model, "image", route), data, "upload", beam)
     else:
         raise ApiError(
             415,
@@ -710,6 +782,7 @@ def create_app(
     limits: Limits | None = None,
     defaults: dict[str, str | None] | None = None,
     allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS,
+    ink_route: str | None = None,
 ) -> FastAPI:
     """Build the application.
 
@@ -718,6 +791,9 @@ def create_app(
     default the first image model reads uploads and strokes go to the first stroke model, else to
     the image model (which renders them). ``allowed_hosts`` are the host names a request's
     ``Host`` header may give (default: this machine's loopback names; ``None``: any).
+    With an image and a stroke model among them, pen input can also take the "fusion" route
+    (:class:`hmer.fusion.FusionRecognizer`, with the shipped fusion parameters); ``ink_route``
+    ("image", "strokes", "fusion") makes a route the default for pen input.
     ``app.state.stop_work()`` calls off all running work and refuses new work (shutdown).
     """
     limits = limits or Limits()
@@ -736,7 +812,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    service = ServiceState(recs, chosen, limits)
+    service = ServiceState(recs, chosen, limits, _fusion_of(recs, chosen), ink_route)
     app.state.service = service
     app.state.recognizers = recs
     app.state.defaults = chosen
@@ -752,6 +828,22 @@ def create_app(
     )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _fusion_of(recognizers: dict, defaults: dict[str, str | None]) -> Any:
+    """The fusion of the default image model and the first stroke model, when both are loaded
+    and share a vocabulary."""
+    from hmer.fusion import FusionRecognizer, load_params
+
+    image = recognizers.get(defaults.get("image") or "")
+    strokes = next((r for r in recognizers.values() if r.input_kind == "strokes"), None)
+    if image is None or image.input_kind != "image" or strokes is None:
+        return None
+    try:
+        return FusionRecognizer(image, strokes, load_params(), beam=image.beam)
+    except ValueError as exc:  # e.g. two vocabularies: served without the fusion route
+        log.warning("no fusion route: %s", exc)
+        return None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

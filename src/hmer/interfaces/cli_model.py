@@ -33,6 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="latex: compact LaTeX to paste, x^{2} (default); tokens: the scorer's token form, "
         "x ^ { 2 }; mathml: presentation MathML",
     )
+    p.add_argument(
+        "--route",
+        choices=["image", "strokes", "fusion"],
+        help="who reads .inkml pen input: the image model (rendered), the stroke model, or "
+        "both fused (default: the shipped rule, today the image model; with --model, that "
+        "model). Images always go to the image model",
+    )
+    p.add_argument(
+        "--stroke-model", help="stroke model for --route strokes/fusion (default: the shipped one)"
+    )
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
     p.add_argument(
         "--timeout",
@@ -83,6 +93,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="2014")
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers (faster)")
+    p.add_argument(
+        "--route",
+        choices=["image", "strokes", "fusion"],
+        help="read the ink as hmer recognize --route does (--model: the image model, or the "
+        "stroke model of --route strokes)",
+    )
+    p.add_argument("--stroke-model", help="stroke model for --route strokes/fusion")
     p.add_argument("--limit", type=int, help="only the first N expressions")
     p.add_argument("--out", help="write per-expression predictions (ID<TAB>prediction<TAB>truth)")
     p.add_argument(
@@ -159,7 +176,13 @@ def cmd_recognize(args: argparse.Namespace) -> int:
     chunks = [files[k : k + size] for k in range(0, len(files), size)]
     timeout = args.timeout if args.timeout > 0 else None
     work = partial(
-        _recognize_chunk, model=args.model, beam=args.beam, batch=args.batch, timeout=timeout
+        _recognize_chunk,
+        model=args.model,
+        beam=args.beam,
+        batch=args.batch,
+        timeout=timeout,
+        route=args.route,
+        stroke_model=args.stroke_model,
     )
     pool = None
     if args.jobs > 1 and len(chunks) > 1:
@@ -213,13 +236,30 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _recognizer_for(path: Path, model: str | None, beam: int, timeout: float | None = None):
+def _recognizer_for(
+    path: Path,
+    model: str | None,
+    beam: int,
+    timeout: float | None = None,
+    route: str | None = None,
+    stroke_model: str | None = None,
+):
     from hmer.recognize import Recognizer, input_kind_of
     from hmer.weights import weights_for
 
-    key = str(weights_for(input_kind_of(path), model))
-    if key not in _RECOGNIZERS:
-        _RECOGNIZERS[key] = Recognizer.load(key, beam=beam)
+    if input_kind_of(path) == "strokes" and (route or stroke_model):
+        from hmer.fusion import ink_recognizer
+
+        route = route or "strokes"  # a stroke model given for pen input reads it
+        key = ("ink", route, model, stroke_model)
+        if key not in _RECOGNIZERS:
+            _RECOGNIZERS[key] = ink_recognizer(route, model, stroke_model, beam)
+    else:
+        if route not in (None, "image"):
+            raise ValueError(f"{path}: --route {route} reads pen input (.inkml), not images")
+        key = str(weights_for(input_kind_of(path), model))
+        if key not in _RECOGNIZERS:
+            _RECOGNIZERS[key] = Recognizer.load(key, beam=beam)
     _RECOGNIZERS[key].timeout_s = timeout
     return _RECOGNIZERS[key]
 
@@ -237,17 +277,31 @@ def _problem(path: Path, exc: BaseException) -> str:
 
 
 def _recognize_chunk(
-    paths: list[Path], model: str | None, beam: int, batch: int, timeout: float | None = None
+    paths: list[Path],
+    model: str | None,
+    beam: int,
+    batch: int,
+    timeout: float | None = None,
+    route: str | None = None,
+    stroke_model: str | None = None,
 ) -> list:
     """[(path, Result or an error message)] for ``paths``, in order."""
     from hmer.decoding import DecodingTimeout
 
     errors = (ValueError, OSError, RuntimeError, DecodingTimeout)
     out: dict[int, object] = {}
+    pick = partial(
+        _recognizer_for,
+        model=model,
+        beam=beam,
+        timeout=timeout,
+        route=route,
+        stroke_model=stroke_model,
+    )
     if batch == 1:
         for i, path in enumerate(paths):
             try:
-                rec = _recognizer_for(path, model, beam, timeout)
+                rec = pick(path)
                 out[i] = rec.recognize_file(path, beam=beam)
             except errors as exc:
                 out[i] = _problem(path, exc)
@@ -255,7 +309,7 @@ def _recognize_chunk(
     groups: dict[int, list] = {}  # recognizer -> [(index, path, input)]
     for i, path in enumerate(paths):
         try:
-            rec = _recognizer_for(path, model, beam, timeout)
+            rec = pick(path)
             groups.setdefault(id(rec), [rec, []])[1].append((i, path, rec.prepare_file(path)))
         except errors as exc:
             out[i] = _problem(path, exc)
@@ -306,16 +360,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hmer.recognize import Recognizer
     from hmer.weights import WeightsError, load_any
 
+    if args.route and args.int8:
+        _err("--int8 applies to one model; leave out --route")
+        return 2
     try:
-        model, vocab, name = load_any(args.model)
-    except WeightsError as exc:
+        if args.route:
+            from hmer.fusion import ink_recognizer
+
+            rec = ink_recognizer(args.route, args.model, args.stroke_model, args.beam)
+            name = rec.name
+        else:
+            model, vocab, name = load_any(args.model)
+    except (WeightsError, ValueError) as exc:
         _err(str(exc))
         return 1
-    if args.int8:
-        from hmer.models.quantize import quantize_int8
+    if not args.route:
+        if args.int8:
+            from hmer.models.quantize import quantize_int8
 
-        model, name = quantize_int8(model), f"{name}-int8"
-    rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
+            model, name = quantize_int8(model), f"{name}-int8"
+        rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
     samples = load_cached(args.split).samples[: args.limit]
     result = evaluate(rec, samples, beam=args.beam, normalize=args.normalize)
     metrics = dict(result.metrics)

@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "no stroke model: drawings are rendered and read by the image model)",
     )
     p.add_argument(
+        "--ink-route",
+        choices=["image", "strokes", "fusion"],
+        help="who reads drawings and InkML by default: the image model (rendered), the stroke "
+        "model or both fused (default: the stroke model when one is loaded, else the shipped "
+        "rule, today the image model); requests may ask for another route that is loaded",
+    )
+    p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest request body in MB (default 10)"
     )
     p.add_argument("--beam", type=int, default=None, help="default beam width")
@@ -61,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace) -> dict:
     """The recognizers to serve: the given files, else the shipped defaults that exist."""
     from hmer.recognize import Recognizer
-    from hmer.weights import WeightsError, weights_for
+    from hmer.weights import WeightsError, shipped_weights, weights_for
 
     def load(kind: str, given: str | None, render_ink: bool = True) -> Recognizer | None:
         try:
@@ -72,11 +79,16 @@ def _load(args: argparse.Namespace) -> dict:
             return None  # none shipped (or unusable): served without it
 
     image = load("image", args.model)
+    route = ink_route_of(args)
     if args.stroke_model == "none":
+        if route in ("strokes", "fusion"):
+            raise ValueError(f"--ink-route {route} needs a stroke model, not --stroke-model none")
         strokes = None
     else:
         # Only a stroke model of its own: without one, drawings go to the image model above.
         strokes = load("strokes", args.stroke_model, render_ink=False)
+        if strokes is None and route in ("strokes", "fusion"):
+            strokes = Recognizer.load(shipped_weights("strokes"), "strokes")
     recs: dict = {}
     for rec in (image, strokes):
         if rec is None:
@@ -89,6 +101,16 @@ def _load(args: argparse.Namespace) -> dict:
             rec.beam = args.beam
         recs[name] = rec
     return recs
+
+
+def ink_route_of(args: argparse.Namespace) -> str | None:
+    """The route pen input takes: ``--ink-route``, else fusion when the shipped parameters make
+    it the default; None: the stroke model when one is loaded, else the image model."""
+    from hmer.weights import ink_route
+
+    if args.ink_route:
+        return args.ink_route
+    return "fusion" if ink_route() == "fusion" else None
 
 
 def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
@@ -151,7 +173,16 @@ def run(args: argparse.Namespace) -> int:
         max_concurrency=workers,
         timeout_s=args.timeout,
     )
-    app = create_app(recs, limits, allowed_hosts=allowed_hosts(args.host, args.allow_host))
+    try:
+        app = create_app(
+            recs,
+            limits,
+            allowed_hosts=allowed_hosts(args.host, args.allow_host),
+            ink_route=ink_route_of(args),
+        )
+    except (WeightsError, ValueError) as exc:
+        print(f"cannot serve: {exc}", file=sys.stderr)
+        return 1
     names = ", ".join(f"{n} ({r.input_kind})" for n, r in recs.items())
     print(f"hmer: serving {names} on http://{args.host}:{args.port}/", file=sys.stderr)
 

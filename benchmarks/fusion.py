@@ -1,0 +1,194 @@
+"""Fusion of the image and stroke models on pen input: decode once, fit on validation, score.
+
+Three steps, each reading the previous one's file:
+
+    # 1. n-best lists of both models, pooled and rescored by both, cached (the slow step)
+    python benchmarks/fusion.py collect --split val --limit 200 --beam 5 -o val-b5.json
+    python benchmarks/fusion.py collect --split 2014 --limit 200 --beam 10 -o test-b10.json
+    # 2. the stroke weight and temperature, chosen on the VALIDATION cache only
+    python benchmarks/fusion.py fit val-b5.json -o src/hmer/weights/fusion.json
+    # 3. image alone, strokes alone and fusion on a cache, with calibration errors
+    python benchmarks/fusion.py score test-b10.json --params src/hmer/weights/fusion.json
+
+"val" is the hold-out both models' training kept out (``split_holdout`` with the size and kind
+their release metadata record; the command refuses models that held out different ones);
+"2014" the CROHME 2014 test ink, never used to choose anything here. Scores are exact tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hmer.data.dataset import Sample
+from hmer.data.files import atomic_open
+from hmer.decoding.fusion import FusionParams
+from hmer.evaluation.fusion_fit import (
+    collect,
+    fit_strokes_weight,
+    fit_temperature,
+    load_cases,
+    route_metrics,
+    save_cases,
+)
+from hmer.fusion import ROLES, FusionRecognizer, load_params
+from hmer.training.config import DataConfig
+from hmer.weights import load_checkpoint, load_weights, sha256
+
+ROUTE_NAMES = ("image", "strokes", "fusion")
+
+
+def holdout_of(path: Path) -> tuple[str, int, str]:
+    """(training split, hold-out size, hold-out kind) a model file's training used."""
+    if path.suffix == ".pt":
+        data = load_checkpoint(path)["config"].get("data", {})
+    else:
+        data = load_weights(path)[1]["info"].get("data", {})
+    d = DataConfig()
+    return (
+        data.get("train", d.train),
+        data.get("val_size", d.val_size),
+        data.get("val_split", d.val_split),
+    )
+
+
+def validation_samples(paths: dict[str, Path]) -> list[Sample]:
+    """The hold-out both models kept out of training (the same for both, or SystemExit)."""
+    from hmer.training.train import load_samples, split_holdout
+
+    kept = {role: holdout_of(p) for role, p in paths.items()}
+    if len(set(kept.values())) != 1:
+        raise SystemExit(f"the models held out different validation sets: {kept}")
+    train, size, by = kept["image"]
+    return split_holdout(load_samples(train), size, by=by)[1]
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from hmer.data.dataset import load_cached
+
+    torch.set_num_threads(args.threads)
+    rec = FusionRecognizer.load(args.image_model, args.stroke_model, FusionParams(), args.beam)
+    paths = rec.paths
+    split = validation_samples(paths) if args.split == "val" else load_cached(args.split).samples
+    samples = split[: args.limit]
+    t0 = time.perf_counter()
+
+    def progress(k: int) -> None:
+        if k % 10 == 0 or k == len(samples):
+            rate = (time.perf_counter() - t0) / k
+            print(f"{k}/{len(samples)}  {rate:.2f} s per expression", file=sys.stderr)
+
+    cases = collect(rec, samples, args.beam, progress)
+    meta = {
+        "split": args.split,
+        "expressions": len(cases),
+        "beam": args.beam,
+        "threads": args.threads,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "vocab": rec.vocab.to_json(),
+        **{role: {"file": paths[role].name, "sha256": sha256(paths[role])} for role in ROLES},
+    }
+    save_cases(args.output, cases, meta)
+    print(f"wrote {args.output}: {len(cases)} expressions, beam {args.beam}")
+    return 0
+
+
+def _vocab(meta: dict):
+    from hmer.data.vocab import Vocab
+
+    return Vocab.from_json(meta["vocab"])
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    meta, cases = load_cases(args.cache)
+    if meta["split"] != "val":
+        raise SystemExit(f"{args.cache} holds split {meta['split']!r}: fit on 'val' only")
+    vocab, beam = _vocab(meta), meta["beam"]
+    weight, table = fit_strokes_weight(cases, vocab, beam)
+    uncalibrated = FusionParams(weight, 1.0)
+    temperature = fit_temperature(cases, uncalibrated, vocab, beam)
+    params = FusionParams(weight, temperature)
+    val = {r: route_metrics(cases, r, params, vocab, beam) for r in ROUTE_NAMES}
+    ece_t1 = route_metrics(cases, "fusion", uncalibrated, vocab, beam)["ece"]
+    params.fitted = {
+        "how": "stroke weight: highest fused ExpRate over the grid (middle of ties); "
+        "temperature: least log loss of the answer's confidence against its exactness",
+        "split": "val: the random hold-out of the training set both models kept out",
+        "expressions": meta["expressions"],
+        "beam": beam,
+        "exprate_by_strokes_weight": {f"{w:.2f}": round(r, 2) for w, r in table.items()},
+        "val_exprate": {r: round(m["exprate"], 2) for r, m in val.items()},
+        "val_ece": {"temperature_1": ece_t1, "fitted": val["fusion"]["ece"]},
+        "image": meta["image"],
+        "strokes": meta["strokes"],
+        "command": f"python benchmarks/fusion.py fit {args.cache}",
+    }
+    text = params.to_json()
+    if args.output:
+        with atomic_open(Path(args.output), "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output}")
+    print(text, end="")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    meta, cases = load_cases(args.cache)
+    params = load_params(args.params)
+    vocab, beam = _vocab(meta), meta["beam"]
+    for role in ROLES:
+        fitted = params.fitted.get(role, {}).get("sha256")
+        if fitted and fitted != meta[role]["sha256"]:
+            print(f"warning: the parameters were fitted for another {role} model", file=sys.stderr)
+    report = {
+        "split": meta["split"],
+        "expressions": meta["expressions"],
+        "beam": beam,
+        "strokes_weight": params.strokes_weight,
+        "temperature": round(params.temperature, 4),
+    }
+    for route in ROUTE_NAMES:
+        m = route_metrics(cases, route, params, vocab, beam)
+        report[route] = {k: round(m[k], 2) for k in ("exprate", "le1", "le2", "wer", "ece")}
+    t1 = FusionParams(params.strokes_weight, 1.0)
+    report["fusion_ece_temperature_1"] = route_metrics(cases, "fusion", t1, vocab, beam)["ece"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for k, v in report.items():
+            print(f"{k:>26}  {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="decode a split with both models and cache the n-best")
+    c.add_argument("--split", default="val", help="'val' (the models' hold-out) or a test split")
+    c.add_argument("--limit", type=int, help="only the first N expressions")
+    c.add_argument("--beam", type=int, default=10, help="beam width (1: the greedy mode)")
+    c.add_argument("--image-model", help="image model file (default: the shipped one)")
+    c.add_argument("--stroke-model", help="stroke model file (default: the shipped one)")
+    c.add_argument("--threads", type=int, default=1, help="torch threads")
+    c.add_argument("-o", "--output", required=True, help="cache file (JSON)")
+    c.set_defaults(func=cmd_collect)
+    f = sub.add_parser("fit", help="choose weight and temperature on a validation cache")
+    f.add_argument("cache")
+    f.add_argument("-o", "--output", help="write the parameters here (e.g. weights/fusion.json)")
+    f.set_defaults(func=cmd_fit)
+    s = sub.add_parser("score", help="ExpRate and calibration of each route on a cache")
+    s.add_argument("cache")
+    s.add_argument("--params", help="fusion parameters (default: the shipped file)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,493 @@
+"""Fusion of the image and stroke models for pen input, on tiny untrained models and synthetic
+scores: pooling, rescoring, routes on the command line and the API, greedy mode, fitting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from inkml_samples import make_inkml
+from inks import write
+from serve_helpers import (
+    STROKES,
+    TINY_IMAGE_CFG,
+    TOKENS,
+    local_client,
+    png_bytes,
+    tiny_image_recognizer,
+    tiny_stroke_recognizer,
+)
+
+from hmer.data.dataset import Sample, default_data_dir
+from hmer.data.vocab import Vocab
+from hmer.decoding.fusion import (
+    Candidates,
+    FusionParams,
+    direction_scores,
+    pool,
+    search_lists,
+)
+from hmer.decoding.search import Hypothesis, bidirectional_beam_search, greedy, sequence_logprob
+from hmer.evaluation.fusion_fit import (
+    Case,
+    expected_calibration_error,
+    fit_strokes_weight,
+    fit_temperature,
+    load_cases,
+    outcomes,
+    route_metrics,
+    save_cases,
+)
+from hmer.fusion import FusionRecognizer, ink_recognizer
+from hmer.weights import save_release
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = Vocab(TOKENS)
+TINY_STROKE_CFG = {"name": "strokes", "conv_channels": [16, 32], "context_layers": 1}
+TINY_STROKE_CFG |= {"d_model": 32, "nhead": 2, "num_layers": 1, "ffn": 64}
+
+
+@pytest.fixture(scope="module")
+def fusion() -> FusionRecognizer:
+    return FusionRecognizer(tiny_image_recognizer(), tiny_stroke_recognizer(), beam=3)
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory) -> tuple[str, str]:
+    folder = tmp_path_factory.mktemp("models")
+    image, strokes = tiny_image_recognizer(), tiny_stroke_recognizer()
+    a = save_release(image.model, TINY_IMAGE_CFG, VOCAB, folder / "img.safetensors", fp16=False)
+    b = save_release(strokes.model, TINY_STROKE_CFG, VOCAB, folder / "pen.safetensors", fp16=False)
+    return str(a), str(b)
+
+
+def encoded(rec, traces):
+    with torch.inference_mode():
+        return rec.model.encode(*rec.as_batch(rec.prepare_ink(traces)))
+
+
+# -- pooling and rescoring ---------------------------------------------------------------------
+def test_pool_keeps_each_distinct_hypothesis_once_with_who_found_it():
+    h = lambda ids: Hypothesis(ids, -1.0, -0.5)  # noqa: E731
+    lists = {
+        "image": [[h([4, 5]), h([6])], [h([6]), h([7, 8])]],  # l2r and r2l lists
+        "strokes": [[h([7, 8]), h([9])], [h([4, 5])]],
+    }
+    ids, found_by = pool(lists)
+    assert ids == [[4, 5], [6], [7, 8], [9]]
+    assert found_by == [["image", "strokes"], ["image"], ["image", "strokes"], ["strokes"]]
+
+
+@pytest.mark.parametrize("role", ["image", "strokes"])
+def test_rescoring_equals_each_models_own_beam_scoring(fusion, role):
+    traces = write(["x", "+", "1"])
+    cands = fusion.candidates(traces, beam=3)
+    assert len({tuple(i) for i in cands.ids}) == len(cands.ids)  # deduplicated
+    rec = fusion.recognizers[role]
+    with torch.inference_mode():
+        own = bidirectional_beam_search(rec.model, encoded(rec, traces), beam=3)
+    mine = cands.own(role, 3)
+    assert [h.ids for h in mine] == [h.ids for h in own]
+    assert [h.score for h in mine] == pytest.approx([h.score for h in own], abs=1e-5)
+    assert [h.confidence for h in mine] == pytest.approx([h.confidence for h in own], abs=1e-5)
+
+
+def test_direction_scores_are_teacher_forced_log_probabilities_per_token(fusion):
+    from hmer.data.vocab import EOS_ID, SOS_ID
+
+    rec = fusion.recognizers["strokes"]
+    with torch.inference_mode():
+        mem = encoded(rec, write(["2", "+", "x"]))
+        seqs = [[4, 5, 6], [7], []]
+        scores = direction_scores(rec.model, mem, seqs)
+        r2l = sequence_logprob(rec.model, mem, seqs, "r2l")
+        for seq, row in zip(seqs, scores, strict=True):
+            # Read step by step, as a left-to-right search reads it, end token included.
+            total = 0.0
+            for t, tok in enumerate([*seq, EOS_ID]):
+                prefix = torch.tensor([[SOS_ID, *seq[:t]]])
+                total += float(rec.model.step(mem, prefix)[0, tok])
+            assert row[0] == pytest.approx(total / (len(seq) + 1), abs=1e-5)
+    assert scores[:, 1] == pytest.approx(np.array(r2l) / [len(s) + 1 for s in seqs], abs=1e-6)
+
+
+def test_fused_ranking_weighs_the_two_models_and_confidences_are_a_softmax():
+    scores = {
+        "image": np.array([[-0.1, -0.1], [-1.0, -1.0]]),
+        "strokes": np.array([[-2.0, -2.0], [-0.2, -0.2]]),
+    }
+    cands = Candidates([[4], [5]], [["image"], ["strokes"]], scores)
+    assert FusionParams(0.0).rank(cands, 2)[0].ids == [4]  # image only
+    assert FusionParams(1.0).rank(cands, 2)[0].ids == [5]  # strokes only
+    ranked = FusionParams(0.5, temperature=0.5).rank(cands, 2)
+    fused = np.array([-1.05, -0.6])
+    expect = np.exp(fused / 0.5) / np.exp(fused / 0.5).sum()
+    assert [h.ids for h in ranked] == [[5], [4]]
+    assert [h.score for h in ranked] == pytest.approx([-0.6, -1.05])
+    assert [h.confidence for h in ranked] == pytest.approx(expect[::-1])
+    assert [h.ids for h in FusionParams(0.5).rank(cands, 1)] == [[5]]
+
+
+def test_a_one_direction_model_is_scored_left_to_right_only():
+    rec = tiny_stroke_recognizer()
+    rec.model.bidirectional = False  # as the GRU seq2seq family declares
+    with torch.inference_mode():
+        mem = encoded(rec, STROKES_INK)
+        (l2r,) = search_lists(rec.model, mem, beam=2)
+        scores = direction_scores(rec.model, mem, [h.ids for h in l2r])
+    assert np.isnan(scores[:, 1]).all() and not np.isnan(scores[:, 0]).any()
+    cands = Candidates([h.ids for h in l2r], [["strokes"]] * len(l2r), {"strokes": scores})
+    assert [h.ids for h in cands.own("strokes", 2)] == [h.ids for h in l2r]
+
+
+STROKES_INK = [np.asarray(s, np.float64) for s in STROKES]
+
+
+def test_models_must_share_a_vocabulary_and_read_their_kinds():
+    image, strokes = tiny_image_recognizer(), tiny_stroke_recognizer()
+    with pytest.raises(ValueError, match="image model and a stroke model"):
+        FusionRecognizer(strokes, image)
+    strokes.vocab = Vocab(TOKENS[:-1])
+    with pytest.raises(ValueError, match="vocabularies"):
+        FusionRecognizer(image, strokes)
+
+
+# -- the recognizer and its greedy mode --------------------------------------------------------
+def test_fusion_recognizes_ink_with_ranked_valid_alternatives(fusion):
+    r = fusion.recognize_strokes(STROKES, beam=3)
+    assert r.model == "tiny+tiny-strokes" and r.source
+    assert 1 <= len(r.alternatives) <= 3
+    assert 0 < sum(a.score for a in r.alternatives) <= 1 + 1e-3  # shares of one softmax
+    assert r.score == r.alternatives[0].score
+
+
+def test_greedy_mode_rescores_one_greedy_hypothesis_of_each_model(fusion):
+    traces = write(["x", "+", "1"])
+    cands = fusion.candidates(traces, beam=1)
+    greedy_ids = []
+    for role in ("image", "strokes"):
+        rec = fusion.recognizers[role]
+        with torch.inference_mode():
+            greedy_ids.append(greedy(rec.model, encoded(rec, traces), 1, "l2r")[0].ids)
+    assert cands.ids == [list(i) for i in dict.fromkeys(map(tuple, greedy_ids))]
+    assert all(len(f) >= 1 for f in cands.found_by)
+    for s in cands.scores.values():  # both models score both hypotheses, both ways
+        assert s.shape == (len(cands.ids), 2) and np.isfinite(s).all()
+    r = fusion.recognize_ink(sample_ink(traces), beam=1)
+    assert 1 <= len(r.alternatives) <= 2
+
+
+def sample_ink(traces):
+    from hmer.data.inkml import Ink
+
+    return Ink(traces, source="sample")
+
+
+def test_fusion_deadline_and_timeout_stop_decoding(fusion):
+    import time
+
+    from hmer.decoding import DecodingTimeout
+
+    with pytest.raises(DecodingTimeout):
+        fusion.recognize_strokes(STROKES, beam=2, deadline=time.monotonic() - 1)
+    fusion.timeout_s = 0.0
+    try:
+        with pytest.raises(DecodingTimeout):
+            fusion.recognize_strokes(STROKES, beam=1)
+    finally:
+        fusion.timeout_s = None
+
+
+# -- routes: Python, command line, HTTP API ----------------------------------------------------
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    from hmer.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_recognize_route_option_picks_the_reader_of_ink(capsys, tmp_path, releases):
+    image, strokes = releases
+    ink = tmp_path / "a.inkml"
+    ink.write_text(make_inkml(write(["x", "+", "1"])))
+    models = {}
+    for route in ("image", "strokes", "fusion"):
+        code, out, _ = run_cli(
+            capsys, "recognize", ink, "--route", route, "--model", image,
+            "--stroke-model", strokes, "--format", "json", "--beam", "2",
+        )  # fmt: skip
+        assert code == 0
+        models[route] = json.loads(out)["model"]
+    assert models == {"image": "img", "strokes": "pen", "fusion": "img+pen"}
+    code, out, _ = run_cli(capsys, "recognize", ink, "--stroke-model", strokes, "--format", "json")
+    assert code == 0 and json.loads(out)["model"] == "pen"  # a stroke model given reads ink
+    png = tmp_path / "b.png"
+    png.write_bytes(png_bytes())
+    code, out, err = run_cli(capsys, "recognize", png, "--route", "fusion", "--model", image)
+    assert code == 1 and "b.png" in err and "pen input" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "recognize", ink, "--route", "image", "--model", strokes)
+    assert code == 1 and "needs a model that reads image" in err
+
+
+def test_ink_recognizer_for_each_route(releases):
+    image, strokes = releases
+    assert ink_recognizer("image", image).name == "img"
+    assert ink_recognizer("strokes", stroke_model=strokes).name == "pen"
+    assert ink_recognizer("strokes", strokes).name == "pen"  # --route strokes --model FILE
+    fused = ink_recognizer("fusion", image, strokes, beam=4)
+    assert isinstance(fused, FusionRecognizer) and fused.beam == 4
+    assert fused.paths == {"image": Path(image), "strokes": Path(strokes)}
+    with pytest.raises(ValueError, match="unknown route"):
+        ink_recognizer("both", image)
+
+
+def test_parameters_fitted_for_other_models_warn(tmp_path, releases):
+    image, strokes = releases
+    params = tmp_path / "fusion.json"
+    params.write_text(FusionParams(0.3, 0.2, fitted={"strokes": {"sha256": "0" * 64}}).to_json())
+    with pytest.warns(UserWarning, match="another strokes model"):
+        rec = FusionRecognizer.load(image, strokes, params)
+    assert (rec.params.strokes_weight, rec.params.temperature) == (0.3, 0.2)
+
+
+def test_default_ink_route_follows_the_fusion_parameter_file(monkeypatch, tmp_path):
+    import hmer.weights
+
+    params = tmp_path / "fusion.json"
+    monkeypatch.setattr(hmer.weights, "FUSION_PARAMS", params)
+
+    def no_default(kind):
+        raise hmer.weights.WeightsError(f"no default {kind} model")
+
+    monkeypatch.setattr(hmer.weights, "default_weights", no_default)
+    assert hmer.weights.ink_route() == "image"
+    params.write_text(FusionParams(default_for_ink=True).to_json())
+    assert hmer.weights.ink_route() == "fusion"
+    params.write_text("[1, 2]")
+    with pytest.raises(hmer.weights.WeightsError):
+        hmer.weights.ink_route()
+
+
+@pytest.fixture(scope="module")
+def make_app():
+    """create_app over a tiny image and stroke model (or the given ones)."""
+    from hmer.interfaces.api import Limits, create_app
+
+    pair = {"tiny": tiny_image_recognizer("tiny"), "tiny-strokes": tiny_stroke_recognizer()}
+    limits = Limits(timeout_s=60.0)  # untrained models decode to full length: slow on a busy CPU
+
+    def make(recs: dict | None = None, **kwargs):
+        return create_app(pair if recs is None else recs, limits, **kwargs)
+
+    make.pair = pair
+    return make
+
+
+def post_strokes(client, **fields):
+    return client.post("/v1/recognize", json={"strokes": STROKES, "beam": 1, **fields})
+
+
+def test_api_route_field_query_and_form(make_app):
+    with local_client(make_app(), raise_server_exceptions=False) as c:
+        info = c.get("/v1/models").json()
+        assert info["routes"] == {
+            "image": "tiny",
+            "strokes": "tiny-strokes",
+            "fusion": "tiny+tiny-strokes",
+        }
+        assert info["ink_route"] == "strokes"  # unchanged: a loaded stroke model reads drawings
+        for route, model in info["routes"].items():
+            resp = post_strokes(c, route=route)
+            assert resp.status_code == 200 and resp.json()["model"] == model, resp.text
+        resp = c.post("/v1/recognize?route=fusion&beam=1", json={"strokes": STROKES})
+        assert resp.json()["model"] == "tiny+tiny-strokes"
+        assert len(resp.json()["alternatives"]) <= 2
+        inkml = make_inkml(write(["x", "+", "1"]))
+        files = {"file": ("a.inkml", inkml.encode(), "application/inkml+xml")}
+        resp = c.post("/v1/recognize", files=files, data={"route": "fusion", "beam": "1"})
+        assert resp.json()["model"] == "tiny+tiny-strokes"
+        for bad, code in [
+            ({"route": "both"}, "bad_route"),
+            ({"route": "fusion", "model": "tiny"}, "bad_route"),
+            ({"route": 3}, "invalid_request"),
+        ]:
+            resp = post_strokes(c, **bad)
+            assert resp.status_code == 422 and resp.json()["code"] == code
+        files = {"file": ("a.png", png_bytes(), "image/png")}
+        resp = c.post("/v1/recognize?route=fusion", files=files)
+        assert resp.status_code == 422 and resp.json()["code"] == "bad_route"
+        resp = c.post("/v1/recognize?route=image&beam=1", files=files)
+        assert resp.status_code == 200 and resp.json()["model"] == "tiny"
+
+
+def test_api_default_ink_route_and_missing_routes(make_app):
+    with local_client(make_app(ink_route="fusion")) as c:
+        info = c.get("/v1/models").json()
+        assert info["ink_route"] == "fusion" and info["default"]["strokes"] == "tiny+tiny-strokes"
+        assert post_strokes(c).json()["model"] == "tiny+tiny-strokes"
+        assert post_strokes(c, model="tiny-strokes").json()["model"] == "tiny-strokes"
+    only_image = {"tiny": make_app.pair["tiny"]}
+    with local_client(make_app(only_image), raise_server_exceptions=False) as c:
+        info = c.get("/v1/models").json()
+        assert info["routes"] == {"image": "tiny", "strokes": None, "fusion": None}
+        assert info["ink_route"] == "image"
+        for route in ("strokes", "fusion"):
+            resp = post_strokes(c, route=route)
+            assert resp.status_code == 422 and resp.json()["code"] == "no_route"
+    with pytest.raises(ValueError, match="fusion"):
+        make_app(only_image, ink_route="fusion")
+
+
+def test_serve_ink_route_loads_the_stroke_model_it_needs(monkeypatch, releases):
+    import hmer.interfaces.cli_serve as cli_serve
+    import hmer.weights
+    from hmer.cli import build_parser
+
+    image, strokes = releases
+    shipped = {"image": Path(image)}
+
+    def default_weights(kind):
+        if kind not in shipped:
+            raise hmer.weights.WeightsError(f"no default {kind} model")
+        return shipped[kind]
+
+    monkeypatch.setattr(hmer.weights, "default_weights", default_weights)
+    monkeypatch.setattr(hmer.weights, "shipped_weights", lambda kind: Path(strokes))
+    parse = build_parser().parse_args
+    assert list(cli_serve._load(parse(["serve"]))) == ["img"]  # today's default: image only
+    recs = cli_serve._load(parse(["serve", "--ink-route", "fusion"]))
+    assert {n: r.input_kind for n, r in recs.items()} == {"img": "image", "pen": "strokes"}
+    with pytest.raises(ValueError, match="needs a stroke model"):
+        cli_serve._load(parse(["serve", "--ink-route", "strokes", "--stroke-model", "none"]))
+
+
+# -- fitting and calibration on synthetic scores ----------------------------------------------
+def synthetic_cases(n: int, temperature: float, seed: int = 0, outside: float = 0.0) -> list[Case]:
+    """Cases whose truth is drawn from the softmax of the fused scores at ``temperature`` (the
+    temperature that calibrates them is known), or with probability ``outside`` is none of the
+    candidates."""
+    rng = np.random.default_rng(seed)
+    hyps = [["x"], ["1"], ["2"], ["x", "+", "1"], ["x", "=", "2"]]
+    cases = []
+    for k in range(n):
+        s = rng.normal(-0.5, 0.3, len(hyps))
+        p = np.exp(s / temperature) / np.exp(s / temperature).sum()
+        truth = ["2", "+", "2"] if rng.random() < outside else hyps[rng.choice(len(hyps), p=p)]
+        two = np.stack([s, s], 1)
+        cands = Candidates(
+            [VOCAB.encode(h) for h in hyps], [["image", "strokes"]] * len(hyps),
+            {"image": two, "strokes": two},
+        )  # fmt: skip
+        cases.append(Case(f"c{k}", truth, cands))
+    return cases
+
+
+def test_expected_calibration_error_by_hand():
+    conf = np.array([0.95, 0.95, 0.15, 0.15])
+    right = np.array([True, False, False, False])
+    # bins: 0.9-1.0 (conf 0.95, accuracy 0.5) and 0.1-0.2 (conf 0.15, accuracy 0)
+    assert expected_calibration_error(conf, right) == pytest.approx(0.5 * 0.45 + 0.5 * 0.15)
+    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([True, False])) == 0.0
+    assert expected_calibration_error(np.array([]), np.array([])) == 0.0
+
+
+def test_temperature_fit_recovers_the_calibrating_temperature():
+    cases = synthetic_cases(1500, temperature=0.12, seed=1)
+    t = fit_temperature(cases, FusionParams(0.5, 1.0), VOCAB, beam=5)
+    assert 0.09 < t < 0.15
+    # With truths outside the pool no temperature is exact, but calibration still improves.
+    cases = synthetic_cases(600, temperature=0.12, seed=2, outside=0.3)
+    t = fit_temperature(cases, FusionParams(0.5, 1.0), VOCAB, beam=5)
+    before = route_metrics(cases, "fusion", FusionParams(0.5, 1.0), VOCAB, 5)["ece"]
+    after = route_metrics(cases, "fusion", FusionParams(0.5, t), VOCAB, 5)["ece"]
+    assert after < before / 2
+
+
+def test_weight_fit_prefers_the_model_that_ranks_the_truth_first():
+    cases = []
+    for k in range(10):
+        image_right = k < 3  # the image model ranks the truth first in 3 of 10, strongly
+        a, b = (-0.1, -1.5) if image_right else (-0.4, -0.3)
+        s_right, s_wrong = (-0.9, -0.8) if image_right else (-0.1, -2.0)
+        cands = Candidates(
+            [VOCAB.encode(["x"]), VOCAB.encode(["1"])], [["image", "strokes"]] * 2,
+            {"image": np.array([[a, a], [b, b]]), "strokes": np.array([[s_right] * 2,
+             [s_wrong] * 2])},
+        )  # fmt: skip
+        cases.append(Case(f"c{k}", ["x"], cands))
+    weight, table = fit_strokes_weight(cases, VOCAB, beam=2)
+    assert table[0.0] == 30.0 and table[1.0] == 70.0
+    assert table[weight] == 100.0 == max(table.values())
+    best = [w for w, r in table.items() if r == 100.0]
+    assert weight == best[len(best) // 2]  # the middle of the best run
+    image_alone = outcomes(cases, "image", FusionParams(weight), VOCAB, 2)
+    assert image_alone.correct.mean() == 0.3
+
+
+def test_cases_round_trip_through_the_cache_file(tmp_path):
+    cases = synthetic_cases(3, 0.2)
+    cases[0].cands.scores["image"][:, 1] = np.nan  # a one-direction model
+    save_cases(tmp_path / "c.json", cases, {"split": "val"})
+    meta, back = load_cases(tmp_path / "c.json")
+    assert meta == {"split": "val"} and [c.id for c in back] == [c.id for c in cases]
+    for a, b in zip(cases, back, strict=True):
+        assert a.truth == b.truth and a.cands.ids == b.cands.ids
+        for role in ("image", "strokes"):
+            np.testing.assert_allclose(a.cands.scores[role], b.cands.scores[role], atol=1e-6)
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fusion_benchmark_fits_on_validation_only_and_scores(tmp_path, capsys):
+    bench = load_benchmark("fusion")
+    cases = synthetic_cases(60, 0.15)
+    meta = {"expressions": 60, "beam": 5, "vocab": VOCAB.to_json()}
+    meta |= {r: {"file": f"{r}.safetensors", "sha256": r * 8} for r in ("image", "strokes")}
+    save_cases(tmp_path / "val.json", cases, {**meta, "split": "val"})
+    save_cases(tmp_path / "test.json", cases, {**meta, "split": "2014"})
+    with pytest.raises(SystemExit, match="fit on 'val' only"):
+        bench.main(["fit", str(tmp_path / "test.json")])
+    out = tmp_path / "fusion.json"
+    assert bench.main(["fit", str(tmp_path / "val.json"), "-o", str(out)]) == 0
+    params = FusionParams.from_json(out.read_text())
+    assert params.fitted["expressions"] == 60 and params.fitted["image"]["sha256"] == "image" * 8
+    assert not params.default_for_ink
+    capsys.readouterr()
+    assert bench.main(["score", str(tmp_path / "test.json"), "--params", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "2014" and set(report) >= {"image", "strokes", "fusion"}
+    assert report["fusion"]["ece"] <= report["fusion_ece_temperature_1"]
+
+
+HAVE_CROHME = (default_data_dir() / "TrainINKML.tar.gz").exists()
+
+
+@pytest.mark.skipif(not HAVE_CROHME, reason="CROHME data not available")
+def test_latency_benchmark_times_the_fusion_route(releases):
+    image, strokes = releases
+    args = ["--route", "fusion", "--model", image, "--stroke-model", strokes]
+    args += ["--limit", "2", "--beams", "1,2", "--threads", "1"]
+    report = load_benchmark("latency").main(args)
+    assert report["route"] == "fusion" and report["model"] == "img+pen"
+    assert report["beam1_ms_p50"] > 0 and report["beam2_ms_p50"] > 0
+    assert not any(k.startswith("greedy_batch") for k in report)  # fusion has no batch mode
+
+
+def test_collect_keeps_each_samples_candidates(fusion):
+    from hmer.evaluation.fusion_fit import collect
+
+    samples = [Sample("a", write(["x", "+", "1"]), ["x", "+", "1"])]
+    done = []
+    (case,) = collect(fusion, samples, beam=2, progress=done.append)
+    assert done == [1] and case.id == "a" and case.truth == ["x", "+", "1"]
+    assert set(case.cands.scores) == {"image", "strokes"} and case.cands.ids
