@@ -30,9 +30,11 @@ from hmer.data.files import atomic_open
 from hmer.decoding.fusion import FusionParams
 from hmer.evaluation.fusion_fit import (
     collect,
+    cross_validated_exprate,
     fit_strokes_weight,
     fit_temperature,
     load_cases,
+    paired,
     route_metrics,
     save_cases,
 )
@@ -123,10 +125,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "beam": beam,
         "exprate_by_strokes_weight": {f"{w:.2f}": round(r, 2) for w, r in table.items()},
         "val_exprate": {r: round(m["exprate"], 2) for r, m in val.items()},
+        "val_fusion_exprate_2fold": round(cross_validated_exprate(cases, vocab, beam), 2),
         "val_ece": {"temperature_1": ece_t1, "fitted": val["fusion"]["ece"]},
         "image": meta["image"],
         "strokes": meta["strokes"],
-        "command": f"python benchmarks/fusion.py fit {args.cache}",
+        "commands": [
+            f"python benchmarks/fusion.py collect --split val --limit {meta['expressions']} "
+            f"--beam {beam} --threads {meta['threads']} -o {Path(args.cache).name}",
+            f"python benchmarks/fusion.py fit {Path(args.cache).name} -o {args.output or 'OUT'}",
+        ],
     }
     text = params.to_json()
     if args.output:
@@ -155,6 +162,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     for route in ROUTE_NAMES:
         m = route_metrics(cases, route, params, vocab, beam)
         report[route] = {k: round(m[k], 2) for k in ("exprate", "le1", "le2", "wer", "ece")}
+    for single in ("image", "strokes"):
+        report[f"fusion_vs_{single}"] = paired(cases, "fusion", single, params, vocab, beam)
     t1 = FusionParams(params.strokes_weight, 1.0)
     report["fusion_ece_temperature_1"] = route_metrics(cases, "fusion", t1, vocab, beam)["ece"]
     if args.json:

@@ -34,11 +34,13 @@ from hmer.decoding.fusion import (
 from hmer.decoding.search import Hypothesis, bidirectional_beam_search, greedy, sequence_logprob
 from hmer.evaluation.fusion_fit import (
     Case,
+    cross_validated_exprate,
     expected_calibration_error,
     fit_strokes_weight,
     fit_temperature,
     load_cases,
     outcomes,
+    paired,
     route_metrics,
     save_cases,
 )
@@ -427,6 +429,20 @@ def test_weight_fit_prefers_the_model_that_ranks_the_truth_first():
     assert weight == best[len(best) // 2]  # the middle of the best run
     image_alone = outcomes(cases, "image", FusionParams(weight), VOCAB, 2)
     assert image_alone.correct.mean() == 0.3
+    counts = paired(cases, "fusion", "image", FusionParams(weight), VOCAB, 2)
+    assert counts == {"both": 3, "only_fusion": 7, "only_image": 0, "neither": 0}
+    assert cross_validated_exprate(cases, VOCAB, 2) == 100.0  # a weight good for every case
+    # Two cases that need opposite weights: each fitted on the other alone gets itself wrong.
+    scores = {
+        "image": np.array([[-0.1] * 2, [-1.0] * 2]),
+        "strokes": np.array([[-1.0] * 2, [-0.1] * 2]),
+    }
+    cands = Candidates(
+        [VOCAB.encode(["x"]), VOCAB.encode(["1"])], [["image", "strokes"]] * 2, scores
+    )
+    opposite = [Case("a", ["x"], cands), Case("b", ["1"], cands)]
+    assert max(fit_strokes_weight(opposite, VOCAB, 2)[1].values()) == 50.0
+    assert cross_validated_exprate(opposite, VOCAB, 2) == 0.0
 
 
 def test_cases_round_trip_through_the_cache_file(tmp_path):
@@ -451,7 +467,7 @@ def load_benchmark(name: str):
 def test_fusion_benchmark_fits_on_validation_only_and_scores(tmp_path, capsys):
     bench = load_benchmark("fusion")
     cases = synthetic_cases(60, 0.15)
-    meta = {"expressions": 60, "beam": 5, "vocab": VOCAB.to_json()}
+    meta = {"expressions": 60, "beam": 5, "threads": 1, "vocab": VOCAB.to_json()}
     meta |= {r: {"file": f"{r}.safetensors", "sha256": r * 8} for r in ("image", "strokes")}
     save_cases(tmp_path / "val.json", cases, {**meta, "split": "val"})
     save_cases(tmp_path / "test.json", cases, {**meta, "split": "2014"})

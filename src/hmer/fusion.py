@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
-from hmer.decoding.fusion import Candidates, FusionParams, direction_scores, pool, search_lists
+from hmer.decoding.fusion import Candidates, FusionParams, rescore_pool, search_lists
 from hmer.recognize import INK_SUFFIXES, Recognizer, Result, deadline_within, ranked
 from hmer.weights import (
     FUSION_PARAMS,
@@ -168,19 +168,16 @@ class FusionRecognizer:
         """Both models' hypotheses for pen ``traces``, pooled, each scored by both models."""
         beam = self.beam if beam is None else beam
         deadline = deadline_within(deadline, self.timeout_s)
-        image, strokes = self.recognizers["image"], self.recognizers["strokes"]
+        recs = self.recognizers
+        inputs = {role: rec.as_batch(rec.prepare_ink(traces)) for role, rec in recs.items()}
         # Both locks, always in this order: a Recognizer shared with other callers holds its own.
-        with image._lock, strokes._lock, torch.inference_mode():
+        with recs["image"]._lock, recs["strokes"]._lock, torch.inference_mode():
             mems, lists = {}, {}
-            for role, rec in self.recognizers.items():
-                mems[role] = rec.model.encode(*rec.as_batch(rec.prepare_ink(traces)))
+            for role, rec in recs.items():
+                mems[role] = rec.model.encode(*inputs[role])
                 lists[role] = search_lists(rec.model, mems[role], beam, deadline=deadline)
-            ids, found_by = pool(lists)
-            scores = {
-                role: direction_scores(rec.model, mems[role], ids, deadline=deadline)
-                for role, rec in self.recognizers.items()
-            }
-        return Candidates(ids, found_by, scores)
+            models = {role: (rec.model, mems[role]) for role, rec in recs.items()}
+            return rescore_pool(models, lists, deadline)
 
 
 def ink_recognizer(

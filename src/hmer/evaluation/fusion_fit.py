@@ -152,6 +152,35 @@ def fit_strokes_weight(
     return best[len(best) // 2], table
 
 
+def cross_validated_exprate(
+    cases: list[Case], vocab: Vocab, beam: int, folds: int = 2, base: FusionParams | None = None
+) -> float:
+    """Fused ExpRate where each case's stroke weight was fitted on the other folds only (cases
+    dealt round-robin): an estimate of the fitted fusion on new expressions, free of the
+    optimism of fitting and scoring on the same cases."""
+    right = 0
+    for k in range(folds):
+        held = [c for i, c in enumerate(cases) if i % folds == k]
+        rest = [c for i, c in enumerate(cases) if i % folds != k]
+        weight, _ = fit_strokes_weight(rest, vocab, beam, base=base)
+        right += int(outcomes(held, "fusion", FusionParams(weight), vocab, beam).correct.sum())
+    return 100.0 * right / max(len(cases), 1)
+
+
+def paired(
+    cases: list[Case], first: str, second: str, params: FusionParams, vocab: Vocab, beam: int
+) -> dict[str, int]:
+    """How many cases two routes get right: both, only ``first``, only ``second``, neither."""
+    a = outcomes(cases, first, params, vocab, beam).correct
+    b = outcomes(cases, second, params, vocab, beam).correct
+    return {
+        "both": int((a & b).sum()),
+        f"only_{first}": int((a & ~b).sum()),
+        f"only_{second}": int((~a & b).sum()),
+        "neither": int((~a & ~b).sum()),
+    }
+
+
 def fit_temperature(cases: list[Case], params: FusionParams, vocab: Vocab, beam: int) -> float:
     """The softmax temperature that minimizes the log loss of each answer's confidence against
     its exactness. The ranking, hence each answer, does not depend on the temperature: only the
