@@ -59,15 +59,16 @@ def holdout_of(path: Path) -> tuple[str, int, str]:
     )
 
 
-def validation_samples(paths: dict[str, Path]) -> list[Sample]:
-    """The hold-out both models kept out of training (the same for both, or SystemExit)."""
+def training_split(paths: dict[str, Path]) -> tuple[list[Sample], list[Sample]]:
+    """(training, validation) expressions of both models: the hold-out both kept out of
+    training (the same for both, or SystemExit)."""
     from hmer.training.train import load_samples, split_holdout
 
     kept = {role: holdout_of(p) for role, p in paths.items()}
     if len(set(kept.values())) != 1:
         raise SystemExit(f"the models held out different validation sets: {kept}")
     train, size, by = kept["image"]
-    return split_holdout(load_samples(train), size, by=by)[1]
+    return split_holdout(load_samples(train), size, by=by)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -76,8 +77,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     rec = FusionRecognizer.load(args.image_model, args.stroke_model, FusionParams(), args.beam)
     paths = rec.paths
-    split = validation_samples(paths) if args.split == "val" else load_cached(args.split).samples
-    samples = split[: args.limit]
+    train, val = training_split(paths)
+    samples = (val if args.split == "val" else load_cached(args.split).samples)[: args.limit]
+    trained = {tuple(s.tokens) for s in train}
     t0 = time.perf_counter()
 
     def progress(k: int) -> None:
@@ -85,13 +87,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
             rate = (time.perf_counter() - t0) / k
             print(f"{k}/{len(samples)}  {rate:.2f} s per expression", file=sys.stderr)
 
-    cases = collect(rec, samples, args.beam, progress)
+    cases = collect(rec, samples, args.beam, progress, trained)
     meta = {
         "split": args.split,
         "expressions": len(cases),
         "beam": args.beam,
         "threads": args.threads,
         "seconds": round(time.perf_counter() - t0, 1),
+        "seen_marked": True,  # each case says whether its formula is a training formula
         "vocab": rec.vocab.to_json(),
         **{role: {"file": paths[role].name, "sha256": sha256(paths[role])} for role in ROLES},
     }
@@ -110,29 +113,50 @@ def cmd_fit(args: argparse.Namespace) -> int:
     meta, cases = load_cases(args.cache)
     if meta["split"] != "val":
         raise SystemExit(f"{args.cache} holds split {meta['split']!r}: fit on 'val' only")
+    if args.formulas == "unseen" and not meta.get("seen_marked"):
+        raise SystemExit(f"{args.cache} does not mark training formulas: --formulas all")
     vocab, beam = _vocab(meta), meta["beam"]
-    weight, table = fit_strokes_weight(cases, vocab, beam)
+    chosen = [c for c in cases if not c.seen] if args.formulas == "unseen" else cases
+    weight, table = fit_strokes_weight(chosen, vocab, beam)
     uncalibrated = FusionParams(weight, 1.0)
-    temperature = fit_temperature(cases, uncalibrated, vocab, beam)
+    temperature = fit_temperature(chosen, uncalibrated, vocab, beam)
     params = FusionParams(weight, temperature)
-    val = {r: route_metrics(cases, r, params, vocab, beam) for r in ROUTE_NAMES}
-    ece_t1 = route_metrics(cases, "fusion", uncalibrated, vocab, beam)["ece"]
+
+    def exprates(subset: list) -> dict:
+        return {
+            r: round(route_metrics(subset, r, params, vocab, beam)["exprate"], 2)
+            for r in ROUTE_NAMES
+        }
+
+    ece = {
+        "temperature_1": route_metrics(chosen, "fusion", uncalibrated, vocab, beam)["ece"],
+        "fitted": route_metrics(chosen, "fusion", params, vocab, beam)["ece"],
+    }
     params.fitted = {
         "how": "stroke weight: highest fused ExpRate over the grid (middle of ties); "
         "temperature: least log loss of the answer's confidence against its exactness",
         "split": "val: the random hold-out of the training set both models kept out",
+        "formulas": (
+            "unseen: only the expressions whose formula is not a training formula (as in a "
+            "test set)"
+            if args.formulas == "unseen"
+            else "all"
+        ),
         "expressions": meta["expressions"],
+        "fitted_on": len(chosen),
         "beam": beam,
         "exprate_by_strokes_weight": {f"{w:.2f}": round(r, 2) for w, r in table.items()},
-        "val_exprate": {r: round(m["exprate"], 2) for r, m in val.items()},
-        "val_fusion_exprate_2fold": round(cross_validated_exprate(cases, vocab, beam), 2),
-        "val_ece": {"temperature_1": ece_t1, "fitted": val["fusion"]["ece"]},
+        "val_exprate_fitted_on": exprates(chosen),
+        "val_exprate_all": exprates(cases),
+        "val_fusion_exprate_2fold": round(cross_validated_exprate(chosen, vocab, beam), 2),
+        "val_ece": ece,
         "image": meta["image"],
         "strokes": meta["strokes"],
         "commands": [
             f"python benchmarks/fusion.py collect --split val --limit {meta['expressions']} "
             f"--beam {beam} --threads {meta['threads']} -o {Path(args.cache).name}",
-            f"python benchmarks/fusion.py fit {Path(args.cache).name} -o {args.output or 'OUT'}",
+            f"python benchmarks/fusion.py fit {Path(args.cache).name} --formulas {args.formulas} "
+            f"-o {args.output or 'OUT'}",
         ],
     }
     text = params.to_json()
@@ -189,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("fit", help="choose weight and temperature on a validation cache")
     f.add_argument("cache")
     f.add_argument("-o", "--output", help="write the parameters here (e.g. weights/fusion.json)")
+    f.add_argument(
+        "--formulas",
+        choices=["unseen", "all"],
+        default="unseen",
+        help="fit on the validation expressions whose formula no training expression has "
+        "(default: what new writing is like) or on all",
+    )
     f.set_defaults(func=cmd_fit)
     s = sub.add_parser("score", help="ExpRate and calibration of each route on a cache")
     s.add_argument("cache")

@@ -448,11 +448,12 @@ def test_weight_fit_prefers_the_model_that_ranks_the_truth_first():
 def test_cases_round_trip_through_the_cache_file(tmp_path):
     cases = synthetic_cases(3, 0.2)
     cases[0].cands.scores["image"][:, 1] = np.nan  # a one-direction model
+    cases[1].seen = True
     save_cases(tmp_path / "c.json", cases, {"split": "val"})
     meta, back = load_cases(tmp_path / "c.json")
     assert meta == {"split": "val"} and [c.id for c in back] == [c.id for c in cases]
     for a, b in zip(cases, back, strict=True):
-        assert a.truth == b.truth and a.cands.ids == b.cands.ids
+        assert a.truth == b.truth and a.cands.ids == b.cands.ids and a.seen == b.seen
         for role in ("image", "strokes"):
             np.testing.assert_allclose(a.cands.scores[role], b.cands.scores[role], atol=1e-6)
 
@@ -467,16 +468,24 @@ def load_benchmark(name: str):
 def test_fusion_benchmark_fits_on_validation_only_and_scores(tmp_path, capsys):
     bench = load_benchmark("fusion")
     cases = synthetic_cases(60, 0.15)
+    for c in cases[:10]:
+        c.seen = True  # a training formula: left out of the fit by default
     meta = {"expressions": 60, "beam": 5, "threads": 1, "vocab": VOCAB.to_json()}
     meta |= {r: {"file": f"{r}.safetensors", "sha256": r * 8} for r in ("image", "strokes")}
     save_cases(tmp_path / "val.json", cases, {**meta, "split": "val"})
     save_cases(tmp_path / "test.json", cases, {**meta, "split": "2014"})
     with pytest.raises(SystemExit, match="fit on 'val' only"):
         bench.main(["fit", str(tmp_path / "test.json")])
+    with pytest.raises(SystemExit, match="does not mark training formulas"):
+        bench.main(["fit", str(tmp_path / "val.json")])
+    save_cases(tmp_path / "val.json", cases, {**meta, "split": "val", "seen_marked": True})
     out = tmp_path / "fusion.json"
     assert bench.main(["fit", str(tmp_path / "val.json"), "-o", str(out)]) == 0
     params = FusionParams.from_json(out.read_text())
-    assert params.fitted["expressions"] == 60 and params.fitted["image"]["sha256"] == "image" * 8
+    assert params.fitted["expressions"] == 60 and params.fitted["fitted_on"] == 50
+    assert params.fitted["image"]["sha256"] == "image" * 8
+    assert bench.main(["fit", str(tmp_path / "val.json"), "--formulas", "all"]) == 0
+    assert '"fitted_on": 60' in capsys.readouterr().out
     assert not params.default_for_ink
     capsys.readouterr()
     assert bench.main(["score", str(tmp_path / "test.json"), "--params", str(out), "--json"]) == 0
@@ -504,6 +513,6 @@ def test_collect_keeps_each_samples_candidates(fusion):
 
     samples = [Sample("a", write(["x", "+", "1"]), ["x", "+", "1"])]
     done = []
-    (case,) = collect(fusion, samples, beam=2, progress=done.append)
-    assert done == [1] and case.id == "a" and case.truth == ["x", "+", "1"]
+    (case,) = collect(fusion, samples, beam=2, progress=done.append, trained={("x", "+", "1")})
+    assert done == [1] and case.id == "a" and case.truth == ["x", "+", "1"] and case.seen
     assert set(case.cands.scores) == {"image", "strokes"} and case.cands.ids

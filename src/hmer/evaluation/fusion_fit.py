@@ -11,7 +11,7 @@ score, as each model alone does; "fusion" ranks the whole pool by the fused scor
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,21 +30,28 @@ WEIGHT_GRID = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 21))
 
 @dataclass
 class Case:
-    """One expression's truth and pooled candidates."""
+    """One expression's truth and pooled candidates; ``seen``: its formula is also among the
+    models' training expressions (CROHME repeats formulas across writers, a test set hardly)."""
 
     id: str
     truth: list[str]
     cands: Candidates
+    seen: bool = False
 
 
 def collect(
-    fusion, samples: Sequence[Sample], beam: int, progress: Callable[[int], None] | None = None
+    fusion,
+    samples: Sequence[Sample],
+    beam: int,
+    progress: Callable[[int], None] | None = None,
+    trained: Collection[tuple[str, ...]] = (),
 ) -> list[Case]:
     """Decode each sample's ink with ``fusion`` (a FusionRecognizer) at ``beam``; ``progress``
-    is called with the number done."""
+    is called with the number done, ``trained`` holds the training formulas (token tuples)."""
     cases = []
     for k, s in enumerate(samples, 1):
-        cases.append(Case(s.id, list(s.tokens), fusion.candidates(s.traces, beam)))
+        cands = fusion.candidates(s.traces, beam)
+        cases.append(Case(s.id, list(s.tokens), cands, tuple(s.tokens) in trained))
         if progress is not None:
             progress(k)
     return cases
@@ -60,6 +67,7 @@ def save_cases(path: str | Path, cases: list[Case], meta: dict) -> None:
         {
             "id": c.id,
             "truth": c.truth,
+            "seen": c.seen,
             "ids": c.cands.ids,
             "found_by": c.cands.found_by,
             "scores": {role: scores(a) for role, a in c.cands.scores.items()},
@@ -82,6 +90,7 @@ def load_cases(path: str | Path) -> tuple[dict, list[Case]]:
             r["id"],
             r["truth"],
             Candidates(r["ids"], r["found_by"], {k: scores(v) for k, v in r["scores"].items()}),
+            r.get("seen", False),
         )
         for r in raw["cases"]
     ]
