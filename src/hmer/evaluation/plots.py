@@ -104,6 +104,17 @@ def attention_grid(
     return grid
 
 
+def stack(images: list[Image.Image], gap: int = 8) -> Image.Image:
+    """Images one below the other on white, left-aligned."""
+    height = sum(i.height for i in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (max(i.width for i in images), height), "white")
+    top = 0
+    for i in images:
+        out.paste(i, (0, top))
+        top += i.height + gap
+    return out
+
+
 def stroke_attention_images(
     features: np.ndarray, maps: np.ndarray, px: float = 32.0, pad: int = 8
 ) -> tuple[np.ndarray, list[np.ndarray]]:

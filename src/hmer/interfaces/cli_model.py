@@ -119,9 +119,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a .safetensors release or a checkpoint (default: shipped image model)"
     )
+    p.add_argument(
+        "--activations",
+        action="store_true",
+        help="also draw how strongly each stage of the CNN encoder responds across the image "
+        "(image models)",
+    )
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("curves", help="plot a training run's loss and ExpRate to PNG")
+    p = sub.add_parser("curves", help="plot a training run's losses, ExpRate, WER and CER to PNG")
     p.add_argument("run_dir")
     p.add_argument("-o", "--output")
     p.set_defaults(
@@ -382,8 +388,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from hmer.data.batching import pad_images
     from hmer.data.strokes import pad_points
-    from hmer.decoding.explain import explain
-    from hmer.evaluation.plots import attention_grid, stroke_attention_images
+    from hmer.decoding.explain import activation_maps, explain
+    from hmer.evaluation.plots import attention_grid, stack, stroke_attention_images
     from hmer.models.encoders import STRIDE
     from hmer.recognize import Recognizer
     from hmer.weights import WeightsError, load_any
@@ -394,6 +400,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _err(str(exc))
         return 1
     rec = Recognizer(model, vocab, name)
+    if args.activations and rec.input_kind != "image":
+        _err(
+            f"--activations: model {name} reads {rec.input_kind}; CNN activations are drawn for "
+            "image models"
+        )
+        return 1
     try:  # the input as hmer recognize makes it: a bitmap, or point features for stroke models
         x = rec.prepare_file(args.input)
     except (ValueError, OSError) as exc:
@@ -403,6 +415,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     inputs, masks = pad_points([x]) if strokes else pad_images([x])
     with torch.inference_mode():
         ex = explain(model, inputs, masks)
+        stages = activation_maps(model, inputs, masks) if args.activations else []
     tokens = [vocab.itos[i] if i < len(vocab) else "<unk>" for i in ex.ids]
     if ex.kind == "attention":
         tokens.append("<eos>")
@@ -413,7 +426,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         picture = np.zeros((h * STRIDE, w * STRIDE), np.uint8)
         picture[: x.shape[0], : x.shape[1]] = x
         maps = list(ex.maps)
-    attention_grid(picture, maps, tokens).save(args.output)
+    grids = [attention_grid(picture, maps, tokens)]
+    if stages:  # each stage's map labelled with its stride, over the same padded image
+        labels = [f"{n} (1/{picture.shape[0] // m.shape[0]})" for n, m in stages]
+        grids.append(attention_grid(picture, [m for _, m in stages], labels))
+    stack(grids).save(args.output)
     what = "attention per token" if ex.kind == "attention" else "frames emitting each token (CTC)"
+    if stages:
+        what += f", then the activations of {len(stages)} encoder stages"
     print(f"{' '.join(vocab.decode(ex.ids))}\nwrote {args.output}: {what}")
     return 0
