@@ -18,6 +18,7 @@ from serve_helpers import TOKENS, png_bytes, tiny_image_release
 
 from hmer.cli import main
 from hmer.data.vocab import Vocab
+from hmer.evaluation.plots import COLORS
 from hmer.models import create_model
 from hmer.weights import WEIGHTS_DIR, WeightsError, load_model, read_manifest, save_release
 
@@ -298,21 +299,30 @@ def test_explain_says_which_input_a_model_reads(capsys, tmp_path, tiny_stroke_re
 # -- curves and the model list ---------------------------------------------------------------
 
 
-def test_curves_plot_a_runs_logs(capsys, tmp_path):
+@pytest.mark.parametrize("layout", ["current", "before loss, WER and CER"])
+def test_curves_plot_a_runs_logs(capsys, tmp_path, layout):
     from hmer.training.train import EVAL_HEADER, LOG_HEADER
 
     (tmp_path / "log.csv").write_text(
         ",".join(LOG_HEADER) + "\n20,0,3.0,1e-4,5.0,0.1\n40,0,2.0,2e-4,5.0,0.2\n"
     )
-    (tmp_path / "eval.csv").write_text(
-        ",".join(EVAL_HEADER) + "\n1,40,0.2,val,10.0,20.0,30.0\n1,40,0.2,test,8.0,15.0,20.0\n"
-    )
+    rows = ["1,40,0.2,val,10.0,20.0,30.0,2.5,60.0,50.0", "2,80,0.4,val,12.0,22.0,32.0,2.0,55,45"]
+    header = EVAL_HEADER
+    if layout != "current":  # a run logged by an older hmer: seven columns
+        header, rows = EVAL_HEADER[:7], [",".join(r.split(",")[:7]) for r in rows]
+    (tmp_path / "eval.csv").write_text("\n".join([",".join(header), *rows]) + "\n")
     code, out, _ = run(capsys, "curves", tmp_path, "-o", tmp_path / "c.png")
     assert code == 0 and out.strip() == str(tmp_path / "c.png")
     img = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"))
-    assert img.shape == (380, 900, 3)
+    assert img.shape == (380, 1320, 3)
     colored = (img.max(2).astype(int) - img.min(2)) > 60  # the plotted series, not black text
-    assert colored[:, :450].any() and colored[:, 450:].any()  # loss panel and ExpRate panel
+    loss, rate, errors = colored[:, :470], colored[:, 470:900], colored[:, 900:]
+    assert loss.any() and rate.any()
+    assert errors.any() == (layout == "current")  # WER/CER only where the log has them
+    blue, orange = np.array(COLORS[0]), np.array(COLORS[1])  # first and second series
+    second_loss = (np.abs(img[:, :470].astype(int) - orange).sum(2) < 30).any()
+    assert second_loss == (layout == "current")  # the val loss beside the training loss
+    assert (np.abs(img[:, :470].astype(int) - blue).sum(2) < 30).any()
 
 
 def test_models_lists_families_and_shipped_weights(capsys):

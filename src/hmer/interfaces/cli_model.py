@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "x ^ { 2 }; mathml: presentation MathML",
     )
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
+    max_len_option(p)
     p.add_argument(
         "--timeout",
         type=float,
@@ -58,7 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_recognize)
 
-    p = sub.add_parser("train", help="train a model from a TOML config")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a TOML config",
+        description="Train a model from a TOML config (configs/*.toml); any entry can be "
+        "overridden with --set SECTION.KEY=VALUE.",
+        epilog=TRAIN_OPTIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config")
     p.add_argument("--run-dir", help="checkpoints and logs (default: runs/CONFIG_NAME)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -70,18 +78,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--epochs", type=int, help="override the config's epoch count")
     p.add_argument(
+        "--vocab",
+        help="the vocabulary: a JSON token list as hmer data vocab writes it (default: the "
+        "config's vocab, else the CROHME dictionary)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a config entry, e.g. --set data.train_limit=500 --set train.lr=3e-4",
+        help="override a config entry, e.g. --set data.train_limit=500 --set train.lr=3e-4; "
+        "--set train.patience=5 stops after 5 validations without gain (see below)",
     )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a CROHME split")
     p.add_argument("--model", help="a .safetensors release or a training checkpoint (.pt)")
-    p.add_argument("--split", default="2014")
+    p.add_argument(
+        "--split",
+        default="2014",
+        help="a CROHME split (2014), a .pkl of samples, or a .tsv of ID<TAB>LaTeX lines naming "
+        "images beside it (default 2014)",
+    )
     p.add_argument("--beam", type=int, default=10)
+    max_len_option(p)
     p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers (faster)")
     p.add_argument("--limit", type=int, help="only the first N expressions")
     p.add_argument("--out", help="write per-expression predictions (ID<TAB>prediction<TAB>truth)")
@@ -140,6 +160,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
+TRAIN_OPTIONS = """\
+training options (config [train] keys; set them with --set train.KEY=VALUE):
+  optimizer = "adamw" | "sgd"      AdamW (default) or SGD with momentum (momentum = 0.9,
+                                   nesterov = false); weight_decay applies to both
+  scheduler = "cosine" | "plateau" cosine: warm-up (warmup_steps), then decay to 1% of lr;
+                                   plateau: warm-up, then lr x plateau_factor (0.5) once
+                                   validation ExpRate has not improved for more than
+                                   plateau_patience (2) epochs, down to min_lr (1e-6)
+  patience = N                     early stopping: stop after N validations without gain
+                                   (0, the default: never)
+  eval_max_len = N                 most tokens a validation decode writes (0: 8 + twice the
+                                   longest truth); the model's own limit is model.max_len
+examples:
+  hmer train configs/wap.toml --set train.optimizer=sgd --set train.lr=0.05 \\
+      --set train.scheduler=plateau --set train.patience=6
+  hmer train my.toml --vocab vocab.json --set data.train=my/train.tsv --set data.test=my/test.tsv
+      (ID<TAB>LaTeX lines; each ID names an image beside the TSV, e.g. a.png or a)
+"""
+
+
+def max_len_option(p: argparse.ArgumentParser) -> None:
+    """``--max-len``, the output length limit of ``recognize`` and ``evaluate``."""
+    p.add_argument(
+        "--max-len",
+        type=int,
+        metavar="N",
+        help="the most tokens an attention model writes per input (default 200; CTC output "
+        "is bounded by its frames)",
+    )
+
+
 def _err(msg: str) -> None:
     print(f"hmer: error: {msg}", file=sys.stderr)
 
@@ -149,8 +200,8 @@ def cmd_recognize(args: argparse.Namespace) -> int:
 
     from hmer.recognize import find_inputs
 
-    if args.batch < 1 or args.jobs < 1 or args.beam < 1:
-        _err("--batch, --jobs and --beam must be at least 1")
+    if min(args.batch, args.jobs, args.beam, 1 if args.max_len is None else args.max_len) < 1:
+        _err("--batch, --jobs, --beam and --max-len must be at least 1")
         return 2
     files = find_inputs(args.paths)
     if not files:
@@ -165,7 +216,12 @@ def cmd_recognize(args: argparse.Namespace) -> int:
     chunks = [files[k : k + size] for k in range(0, len(files), size)]
     timeout = args.timeout if args.timeout > 0 else None
     work = partial(
-        _recognize_chunk, model=args.model, beam=args.beam, batch=args.batch, timeout=timeout
+        _recognize_chunk,
+        model=args.model,
+        beam=args.beam,
+        batch=args.batch,
+        timeout=timeout,
+        max_len=args.max_len,
     )
     pool = None
     if args.jobs > 1 and len(chunks) > 1:
@@ -219,7 +275,13 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _recognizer_for(path: Path, model: str | None, beam: int, timeout: float | None = None):
+def _recognizer_for(
+    path: Path,
+    model: str | None,
+    beam: int,
+    timeout: float | None = None,
+    max_len: int | None = None,
+):
     from hmer.recognize import Recognizer, input_kind_of
     from hmer.weights import weights_for
 
@@ -227,6 +289,7 @@ def _recognizer_for(path: Path, model: str | None, beam: int, timeout: float | N
     if key not in _RECOGNIZERS:
         _RECOGNIZERS[key] = Recognizer.load(key, beam=beam)
     _RECOGNIZERS[key].timeout_s = timeout
+    _RECOGNIZERS[key].max_len = max_len
     return _RECOGNIZERS[key]
 
 
@@ -243,7 +306,12 @@ def _problem(path: Path, exc: BaseException) -> str:
 
 
 def _recognize_chunk(
-    paths: list[Path], model: str | None, beam: int, batch: int, timeout: float | None = None
+    paths: list[Path],
+    model: str | None,
+    beam: int,
+    batch: int,
+    timeout: float | None = None,
+    max_len: int | None = None,
 ) -> list:
     """[(path, Result or an error message)] for ``paths``, in order."""
     from hmer.decoding import DecodingTimeout
@@ -253,7 +321,7 @@ def _recognize_chunk(
     if batch == 1:
         for i, path in enumerate(paths):
             try:
-                rec = _recognizer_for(path, model, beam, timeout)
+                rec = _recognizer_for(path, model, beam, timeout, max_len)
                 out[i] = rec.recognize_file(path, beam=beam)
             except errors as exc:
                 out[i] = _problem(path, exc)
@@ -261,7 +329,7 @@ def _recognize_chunk(
     groups: dict[int, list] = {}  # recognizer -> [(index, path, input)]
     for i, path in enumerate(paths):
         try:
-            rec = _recognizer_for(path, model, beam, timeout)
+            rec = _recognizer_for(path, model, beam, timeout, max_len)
             groups.setdefault(id(rec), [rec, []])[1].append((i, path, rec.prepare_file(path)))
         except errors as exc:
             out[i] = _problem(path, exc)
@@ -281,11 +349,20 @@ def _recognize_chunk(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hmer.training.config import ConfigError, check_model_builds, load_config
-    from hmer.training.train import train
+    from hmer.training.config import (
+        Config,
+        ConfigError,
+        apply_overrides,
+        check_model_builds,
+        read_config,
+    )
+    from hmer.training.train import SetupError, train
 
     try:
-        config = load_config(args.config, args.set)
+        raw = apply_overrides(read_config(args.config), args.set)
+        if args.vocab:
+            raw["vocab"] = args.vocab
+        config = Config.from_dict(raw)
         check_model_builds(config)
     except (ConfigError, OSError) as e:
         print(f"hmer train: {e}", file=sys.stderr)
@@ -293,13 +370,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs:
         config.train.epochs = args.epochs
     run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
-    state = train(
-        config,
-        run_dir,
-        resume=args.resume,
-        init_from=args.init_from,
-        init_partial=args.init_partial,
-    )
+    try:
+        state = train(
+            config,
+            run_dir,
+            resume=args.resume,
+            init_from=args.init_from,
+            init_partial=args.init_partial,
+        )
+    except SetupError as e:  # unreadable data, or a checkpoint of another setup
+        print(f"hmer train: {e}", file=sys.stderr)
+        return 1
     print(
         f"done: epoch {state['epoch']}, step {state['step']}, best val ExpRate {state['best']:.2f}"
     )
@@ -307,11 +388,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hmer.data.dataset import load_cached
     from hmer.evaluation.evaluate import evaluate
     from hmer.recognize import Recognizer
+    from hmer.training.train import load_samples
     from hmer.weights import WeightsError, load_any
 
+    if min(args.beam, 1 if args.max_len is None else args.max_len) < 1:
+        _err("--beam and --max-len must be at least 1")
+        return 2
     try:
         model, vocab, name = load_any(args.model)
     except WeightsError as exc:
@@ -321,9 +405,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from hmer.models.quantize import quantize_int8
 
         model, name = quantize_int8(model), f"{name}-int8"
-    rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
-    samples = load_cached(args.split).samples[: args.limit]
-    result = evaluate(rec, samples, beam=args.beam, normalize=args.normalize)
+    # the same decoding and post-processing as recognize
+    rec = Recognizer(model, vocab, name, max_len=args.max_len)
+    try:
+        samples = load_samples(args.split)[: args.limit]
+        result = evaluate(rec, samples, beam=args.beam, normalize=args.normalize)
+    except (ValueError, OSError) as exc:
+        _err(f"split {args.split}: {exc}")
+        return 1
     metrics = dict(result.metrics)
     metrics["model"], metrics["split"], metrics["beam"] = name, args.split, args.beam
     metrics["latency_ms_p50"] = result.latency_ms(50)  # rendering included, as users wait for it

@@ -4,7 +4,9 @@ A config (TOML, or the JSON a run folder holds) has three sections. ``[model]`` 
 family (``name``) and gives its constructor's keyword arguments; their defaults live in the
 family's constructor. ``[data]`` and ``[train]`` are :class:`DataConfig` and :class:`TrainConfig`,
 whose defaults are what the shipped configs share, so a file states only what differs. An
-optional top-level ``vocab`` (a JSON token list) replaces the CROHME dictionary.
+optional top-level ``vocab`` (a JSON token list, or the path of a ``.json`` file holding one, as
+``hmer data vocab`` writes it) replaces the CROHME dictionary; a path is read when the config is
+checked, so run folders and checkpoints hold the tokens themselves.
 
 Unknown sections or keys and values of the wrong type raise :class:`ConfigError` naming the key
 (``train.lrr``, with the nearest known key); checkpoints keep the config as the plain dict of
@@ -33,7 +35,9 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which samples train, select and test a model, and how they are augmented."""
 
-    train: str = "train"  # a CROHME split name or a .pkl of samples (hmer synth)
+    # A CROHME split name, a .pkl of samples (hmer synth) or a .tsv of ID<TAB>LaTeX lines whose
+    # ids name images beside it (a user's own data; hmer.data.dataset.read_image_captions).
+    train: str = "train"
     val_size: int = 500  # expressions held out of training for model selection
     val_split: str = "random"  # "random" expressions or whole "formula"s (every writer's copy)
     train_limit: int = 0  # a random subset of this many training expressions (0: all)
@@ -48,12 +52,23 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimization: AdamW, linear warm-up then cosine decay, checkpoints and evaluation."""
+    """The optimization (AdamW or SGD; linear warm-up, then cosine decay or a plateau schedule),
+    checkpoints, evaluation and early stopping."""
 
     epochs: int = 60
     lr: float = 5e-4
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw", or "sgd" with momentum (the WAP-era seeds)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
     warmup_steps: int = 500
+    # "cosine": decay to 1% of lr over the run. "plateau": lr times plateau_factor once
+    # validation ExpRate has not improved for more than plateau_patience epochs (torch's
+    # ReduceLROnPlateau), never below min_lr.
+    scheduler: str = "cosine"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    min_lr: float = 1e-6
     label_smoothing: float = LABEL_SMOOTHING  # unused by CTC models
     clip_grad: float = 1.0
     bf16: bool | str = (
@@ -63,12 +78,25 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     test_every: int = 2  # epochs between test-set evaluations (0: never)
     patience: int = 0  # stop after this many validations without gain (0: never)
+    eval_max_len: int = 0  # most tokens a validation decode writes (0: 8 + twice the longest truth)
     num_workers: int = 1  # data loader processes (0: batches made in the training process)
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
-CHOICES = {("data", "val_split"): ("random", "formula")}
-PROBABILITIES = {("data", "photo_p"), ("data", "ink_swap_p"), ("data", "ink_reverse_p")}
+CHOICES = {
+    ("data", "val_split"): ("random", "formula"),
+    ("train", "optimizer"): ("adamw", "sgd"),
+    ("train", "scheduler"): ("cosine", "plateau"),
+}
+PROBABILITIES = {
+    ("data", "photo_p"),
+    ("data", "ink_swap_p"),
+    ("data", "ink_reverse_p"),
+    ("train", "momentum"),
+}
+# Numbers that must not be negative, and the one factor that must lie strictly between 0 and 1.
+NON_NEGATIVE = {("train", k) for k in ("min_lr", "plateau_patience", "patience", "eval_max_len")}
+FACTORS = {("train", "plateau_factor")}
 
 
 @dataclass
@@ -94,8 +122,8 @@ class Config:
         if "model" not in raw:
             raise ConfigError("the config has no [model] section")
         vocab = raw.get("vocab")
-        if vocab is not None and not isinstance(vocab, str):
-            raise ConfigError("vocab must be a JSON list of tokens, as text")
+        if vocab is not None:
+            vocab = _vocab_text(vocab)
         sections = {name: _section(name, raw.get(name, {})) for name in SECTIONS}
         return cls(model=check_model(raw["model"]), vocab=vocab, **sections)
 
@@ -109,6 +137,25 @@ class Config:
         if self.vocab is not None:
             out["vocab"] = self.vocab
         return out
+
+
+def _vocab_text(vocab) -> str:
+    """The JSON token list a config's ``vocab`` gives: itself, or the content of its file."""
+    if not isinstance(vocab, str):
+        raise ConfigError("vocab must be a JSON list of tokens, as text, or a .json file of one")
+    text = vocab
+    if not vocab.lstrip().startswith("["):  # a path
+        try:
+            text = Path(vocab).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"vocab: cannot read {vocab} ({exc})") from exc
+    try:
+        tokens = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"vocab: not a JSON list of tokens ({exc})") from exc
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        raise ConfigError("vocab: not a JSON list of tokens (non-empty strings)")
+    return text
 
 
 def _nearest(key: str, known, prefix: str = "") -> str:
@@ -162,6 +209,10 @@ def _section(name: str, raw) -> DataConfig | TrainConfig:
             raise ConfigError(f"{where} must be one of {', '.join(choices)}, not {value!r}")
         if (name, key) in PROBABILITIES and not 0.0 <= value <= 1.0:
             raise ConfigError(f"{where} is a probability (0 to 1), not {value!r}")
+        if (name, key) in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{where} must not be negative, not {value!r}")
+        if (name, key) in FACTORS and not 0.0 < value < 1.0:
+            raise ConfigError(f"{where} must be between 0 and 1 (exclusive), not {value!r}")
         values[key] = value
     return kind(**values)
 
