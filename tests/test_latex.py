@@ -46,6 +46,34 @@ def test_tokenize():
     assert tokenize("x \\") == ["x", "\\"]  # a trailing backslash does not break anything
 
 
+@pytest.mark.parametrize(
+    "latex, tokens",
+    [
+        (r"\text{if }x>0", r"\text { i f ~ } x > 0"),
+        (r"\text { i f ~ } x > 0", r"\text { i f ~ } x > 0"),  # the token form reads back
+        (r"x^2\text{ for all }n", r"x ^ { 2 } \text { ~ f o r ~ a l l ~ } n"),
+        (r"\text{a\ b~c  d}", r"\text { a ~ b ~ c ~ d }"),  # every way to write a space
+        (r"\text{log}", r"\text { l o g }"),  # a word, not the operator
+        (r"\text{}", r"\text { }"),
+        (r"\mbox{ab}", "a b"),  # CROHME's wrappers still unwrap
+    ],
+)
+def test_text_in_formulas_keeps_its_characters(latex, tokens):
+    got = normalize_tokens(latex, canonical=False)
+    assert got == _t(tokens)
+    assert normalize_tokens(detokenize(got), canonical=False) == got
+    assert normalize_tokens(detokenize(got, compact=True), canonical=False) == got
+    assert normalize_prediction(got) == got and is_valid(got)
+
+
+def test_text_in_formulas_compacts_to_latex_that_renders_the_words():
+    tokens = normalize_tokens(r"\text{if }x>0")
+    assert detokenize(tokens, compact=True) == r"\text{if~}x>0"
+    assert tokenize(r"\text{if }x") == [r"\text", "{", "i", "f", "~", "}", "x"]
+    assert tokenize(r"\textit{if }x") == [r"\textit", "{", "i", "f", "}", "x"]  # not \text
+    assert repair(_t(r"\text { i f } {")) == _t(r"\text { i f }")
+
+
 def test_detokenize_round_trip():
     caption = _t(r"\frac { \sqrt [ 3 ] { x } } { 2 } + \sin x ^ { 2 } = \{ a \} \ldots")
     assert detokenize(caption) == " ".join(caption)
@@ -276,10 +304,11 @@ def test_normalization_reproduces_captions(name, minimum):
     assert report.percent >= minimum, report.classes.most_common(5)
 
 
-def test_captions_round_trip_valid_and_stable():
-    from hmer.data.dataset import default_data_dir
+@pytest.mark.parametrize("name", ["train", "2014"])
+def test_captions_round_trip_valid_and_stable(name):
+    from hmer.data.dataset import caption_tokens, default_data_dir
 
-    path = default_data_dir() / "train_caption.txt"
+    path = default_data_dir() / f"{name}_caption.txt"
     if not path.exists():
         pytest.skip("CROHME captions not available")
     captions = list(read_captions(path).values())
@@ -287,6 +316,8 @@ def test_captions_round_trip_valid_and_stable():
     for tokens in captions:
         assert tokenize(detokenize(tokens)) == tokens
         assert tokenize(detokenize(tokens, compact=True)) == tokens
+        # a user's caption file is read as written: a CROHME caption line stays its tokens
+        assert caption_tokens(" ".join(tokens)) == tokens
         assert is_valid(tokens), (tokens, validate(tokens))
         assert normalize_prediction(tokens, canonical=False) == tokens
         distinct.add(" ".join(tokens))

@@ -53,23 +53,51 @@ DROPPED = frozenset(
 
 # Font / text wrappers whose argument is kept as plain tokens.
 WRAPPERS = frozenset(
-    r"""\mbox \mathrm \text \textrm \textit \mathit \mathnormal \hbox \operatorname""".split()  # noqa: SIM905
+    r"""\mbox \mathrm \textrm \textit \mathit \mathnormal \hbox \operatorname""".split()  # noqa: SIM905
 )
 
+# Words in a formula (\text{if }x>0) keep their command: its argument is one token per
+# character, a space written TEXT_SPACE (LaTeX's unbreakable space). CROHME never uses \text.
+TEXT = r"\text"
+TEXT_SPACE = "~"
+
 # Commands with a fixed number of braced arguments (\sqrt also takes an optional [n]).
-ARITY = {r"\frac": 2, r"\sqrt": 1}
+ARITY = {r"\frac": 2, r"\sqrt": 1, TEXT: 1}
 FRACS = {r"\dfrac": r"\frac", r"\tfrac": r"\frac"}
 
 _RAW_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\\$|\S", re.S)
+_ONE_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\S", re.S)
+_TEXT_ARG = re.compile(r"\\text\s*\{([^{}]*)\}")
+_TEXT_PIECE = re.compile(r"\\[A-Za-z]+|\\.|\s+|.", re.S)
 SCRIPTS = ("_", "^")
 
 
 def tokenize(latex: str) -> list[str]:
     """Split LaTeX into tokens: ``\\command``, ``\\`` plus one symbol, or one character.
 
-    Letters and digits become one token each, as in the captions. Never raises.
+    Letters and digits become one token each, as in the captions; so do the characters of a
+    ``\\text{...}`` argument, where a space is ``~`` (:func:`_text_tokens`). Never raises.
     """
-    return _RAW_TOKEN.findall(latex or "")
+    latex = latex or ""
+    out: list[str] = []
+    pos = 0
+    for m in _TEXT_ARG.finditer(latex):
+        out += _RAW_TOKEN.findall(latex[pos : m.start()])
+        out += [TEXT, "{", *_text_tokens(m.group(1)), "}"]
+        pos = m.end()
+    return out + _RAW_TOKEN.findall(latex[pos:])
+
+
+def _text_tokens(content: str) -> list[str]:
+    """The tokens of a ``\\text`` argument: one per character, ``~`` for a space (a run of
+    white space, ``\\ `` or ``~``). An argument in token form, single tokens between single
+    spaces as :func:`detokenize` writes ``\\text { i f ~ }``, reads back as those tokens."""
+    inner = content[1:-1]
+    tokens = inner.split(" ") if inner else []
+    if content[:1] == content[-1:] == " " and all(_ONE_TOKEN.fullmatch(t) for t in tokens):
+        return tokens
+    pieces = _TEXT_PIECE.findall(content)
+    return [TEXT_SPACE if p.isspace() or p in ("\\ ", "~") else p for p in pieces]
 
 
 def detokenize(tokens: Iterable[str], compact: bool = False) -> str:
@@ -342,10 +370,16 @@ def _is_letter(tok: str) -> bool:
 
 def _words(tokens: list[str]) -> list[str]:
     # Operator names typed as letters ("l o g") are the same ink as \log, and the captions use the
-    # command ("l o g x" is \log x). A run after a letter is left alone: "b l o g".
+    # command ("l o g x" is \log x). A run after a letter is left alone: "b l o g"; and so are
+    # the words of \text{...}.
     out: list[str] = []
     i, n = 0, len(tokens)
     while i < n:
+        if tokens[i] == TEXT and tokens[i + 1 : i + 2] == ["{"]:
+            end = tokens.index("}", i) + 1 if "}" in tokens[i:] else n
+            out.extend(tokens[i:end])
+            i = end
+            continue
         for word, cmd in LETTER_WORDS.items():
             k = len(word)
             if tokens[i : i + k] == list(word) and not (i > 0 and _is_letter(tokens[i - 1])):

@@ -1,4 +1,5 @@
-"""``hmer data ...`` (prepare, stats, render, augment-grid, check-normalization) and ``hmer score``.
+"""``hmer data ...`` (prepare, stats, vocab, render, augment-grid, check-normalization) and
+``hmer score``.
 
 Every command reports bad input as one line naming the file on stderr, goes on with the rest of a
 batch, and exits non-zero when anything failed. ``HMER_DEBUG=1`` shows tracebacks instead. The
@@ -104,6 +105,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--top", type=int, default=0, help="show only the N most frequent tokens")
     p.set_defaults(func=_guarded(cmd_stats))
+
+    p = dsub.add_parser(
+        "vocab",
+        help="build a vocabulary (JSON token list) from caption files",
+        description="Read ID<TAB>LaTeX caption files (plain LaTeX or space-tokenized; "
+        r"\text{...} keeps one token per character, ~ for a space) and write the tokens they use, "
+        "most frequent first, as the JSON list that hmer train --vocab and a config's vocab take.",
+    )
+    p.add_argument("captions", nargs="+", type=Path, metavar="CAPTIONS.tsv")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="VOCAB.json")
+    p.add_argument(
+        "--min-count", type=int, default=1, help="leave out tokens seen fewer times (default 1)"
+    )
+    p.set_defaults(func=_guarded(cmd_vocab))
 
     p = dsub.add_parser("render", help="render InkML files to PNG (white ink on black)")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE.inkml")
@@ -276,6 +291,45 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print("  ".join(cells[i : i + 5]))
     print("\nsequence length (tokens):")
     print("\n".join(histogram(lengths)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# vocab
+
+
+def cmd_vocab(args: argparse.Namespace) -> int:
+    from hmer.data.dataset import caption_tokens, read_tsv
+    from hmer.data.files import atomic_open
+    from hmer.data.vocab import SPECIALS
+
+    if args.min_count < 1:
+        _err("--min-count must be at least 1")
+        return 2
+    counts: Counter = Counter()
+    failed = n = 0
+    for path in args.captions:
+        rows, errors = read_tsv(path, caption_tokens)
+        for msg in errors:
+            _err(msg)
+        failed += len(errors)
+        n += len(rows)
+        for tokens in rows.values():
+            counts.update(tokens)
+    if failed:
+        _err(f"{failed} problems in the caption files: no vocabulary written")
+        return EXIT_FAILED
+    reserved = [t for t in counts if t in SPECIALS]
+    if reserved:
+        _err(f"captions use reserved tokens {', '.join(reserved)}")
+        return EXIT_FAILED
+    kept = [t for t, c in counts.items() if c >= args.min_count]
+    kept.sort(key=lambda t: (-counts[t], t))
+    with atomic_open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(kept, ensure_ascii=False) + "\n")
+    left = len(counts) - len(kept)
+    note = f", {left} seen fewer than {args.min_count} times left out" if left else ""
+    print(f"wrote {args.output}: {len(kept)} tokens from {n} captions{note}")
     return 0
 
 
