@@ -7,8 +7,6 @@ downloads a browser here: it drives the system Chromium.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,19 +16,8 @@ import torch
 pytest.importorskip("fastapi")
 from serve_helpers import live_server, png_bytes, tiny_image_recognizer  # noqa: E402
 
+from hmer.data.printed import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from hmer.interfaces.api import create_app  # noqa: E402
-
-CHROMIUM = os.environ.get("HMER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for this machine: no sandbox as root, and no background traffic to a closed network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +26,7 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (run scripts/setup-browser.sh)")
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS))
         yield b
         b.close()
 

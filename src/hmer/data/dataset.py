@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +157,16 @@ def read_image_captions(path: str | Path) -> Split:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         raise ValueError("; ".join(errors[:3]) + more)
     return Split(path.stem, samples)
+
+
+def write_tsv(path: str | Path, rows: Iterable[tuple[str, str]]) -> None:
+    """Write ``ID<TAB>text`` lines that :func:`read_tsv` reads back, atomically.
+
+    Tabs and line breaks inside a value would break the format, so they become spaces.
+    """
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for key, value in rows:
+            fh.write(f"{key}\t{' '.join(str(value).split())}\n")
 
 
 def iter_inkml(source: str | Path) -> Iterator[tuple[str, bytes | Exception]]:
