@@ -227,6 +227,13 @@ def test_a_time_budget_stops_resumably(tmp_path, crops):
 
 
 def test_symbol_config_is_checked():
+    from pathlib import Path
+
+    from hmer.training.config import read_config
+
+    shipped = Path(__file__).parents[1] / "configs" / "symbols" / "classifier.toml"
+    cfg = symbol_config(read_config(shipped))
+    assert (cfg.size, cfg.width, cfg.epochs, cfg.val_size) == (32, 16, 4, 500)
     assert symbol_config({"symbols": {"size": 48}}, ["width=8"]).size == 48
     for raw, overrides, match in (
         ({}, ["sise=48"], "did you mean symbols.size"),
@@ -397,3 +404,32 @@ def test_symbol_route_without_a_classifier_and_in_the_docs():
         spec = c.get("/openapi.json").json()["paths"]["/v1/symbol"]["post"]
         assert set(spec["requestBody"]["content"]) >= {"application/json", "multipart/form-data"}
         assert "SymbolResponse" in json.dumps(spec["responses"]["200"])
+
+
+def test_the_shipped_classifier_is_small_listed_and_reads_drawn_symbols(tmp_path):
+    from hmer.symbol_classifier import SymbolClassifier
+    from hmer.weights import WEIGHTS_DIR, default_weights, read_manifest, sha256
+
+    path = default_weights("symbol")
+    assert path == WEIGHTS_DIR / "symbols.safetensors" and path.stat().st_size < 2_000_000
+    entry = read_manifest()[path.name]
+    assert entry["input_kind"] == "symbol" and entry["sha256"] == sha256(path)
+    classifier = SymbolClassifier.load()
+    assert classifier.size == 32 and len(classifier.classes) == 101
+    for tok in SHAPES:  # clean made-up shapes, never seen in training
+        ink = expression([tok], np.random.default_rng(0))
+        assert classifier.classify_traces(ink.traces).candidates[0].latex == tok, tok
+    for tok in ("+", "<"):
+        top = classifier.classify_file(_write_png(tmp_path, SHAPES[tok])).candidates[0]
+        assert top.latex == tok, tok
+
+
+def test_serve_loads_the_given_the_shipped_or_no_symbol_classifier(release):
+    from hmer.interfaces.cli_serve import _load_symbols
+    from hmer.weights import WeightsError
+
+    assert _load_symbols("none") is None
+    assert _load_symbols(str(release)).size == 16
+    assert _load_symbols(None).size == 32  # the shipped one
+    with pytest.raises(WeightsError):
+        _load_symbols("missing.safetensors")
