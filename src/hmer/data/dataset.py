@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hmer.data.files import atomic_open
-from hmer.data.inkml import InkMLError, parse_inkml
+from hmer.data.inkml import Ink, InkMLError, parse_inkml
 
 CACHE_VERSION = 1
 
@@ -191,6 +191,20 @@ def iter_inkml(source: str | Path) -> Iterator[tuple[str, bytes | Exception]]:
             yield Path(name).stem, data
     else:
         raise FileNotFoundError(f"{source}: not a folder of InkML or a .tar.gz archive")
+
+
+def read_inks(source: str | Path) -> list[tuple[str, Ink]]:
+    """(file id, ink) of every readable InkML of a folder or archive; unreadable files are
+    skipped (:func:`load_split` reports them)."""
+    out = []
+    for stem, data in iter_inkml(source):
+        if isinstance(data, Exception):
+            continue
+        try:
+            out.append((stem, parse_inkml(data, stem)))
+        except InkMLError:
+            continue
+    return out
 
 
 def load_split(

@@ -125,7 +125,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", action="store_true", help="export ONNX graphs into the -o folder")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
     p.add_argument(
-        "--default-for", choices=["image", "strokes"], help="mark as the shipped default"
+        "--default-for",
+        choices=["image", "strokes", "symbol"],
+        help="mark as the shipped default (symbol: a symbol classifier checkpoint)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -427,7 +429,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hmer.weights import WeightsError, load_any, load_checkpoint_model, save_release
+    from hmer.models.symbols import FAMILY as SYMBOL_FAMILY
+    from hmer.weights import (
+        WeightsError,
+        load_any,
+        load_checkpoint,
+        load_checkpoint_model,
+        save_release,
+    )
 
     if args.onnx:
         from hmer.onnx import export_onnx
@@ -443,7 +452,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        model, vocab, ckpt = load_checkpoint_model(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint)
+        if ckpt["config"].get("model", {}).get("name") == SYMBOL_FAMILY:
+            from hmer.training.symbols import export_release
+
+            default = args.default_for == "symbol"
+            path = export_release(args.checkpoint, args.output, default, ckpt)
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+            return 0
+        if args.default_for == "symbol":
+            _err(f"{args.checkpoint}: --default-for symbol needs a symbol classifier checkpoint")
+            return 2
+        model, vocab, ckpt = load_checkpoint_model(args.checkpoint, ckpt)
     except WeightsError as exc:
         _err(str(exc))
         return 1

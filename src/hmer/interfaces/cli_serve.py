@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "no stroke model: drawings are rendered and read by the image model)",
     )
     p.add_argument(
+        "--symbol-model",
+        help="symbol classifier for /v1/symbol (default: the shipped one, if any; 'none': "
+        "no symbol mode)",
+    )
+    p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest request body in MB (default 10)"
     )
     p.add_argument("--beam", type=int, default=None, help="default beam width")
@@ -91,6 +96,16 @@ def _load(args: argparse.Namespace) -> dict:
     return recs
 
 
+def _load_symbols(given: str | None):
+    """The symbol classifier to serve: ``given`` (a file, or "none"), else the shipped one."""
+    from hmer.interfaces.api import load_default_symbols
+    from hmer.symbol_classifier import SymbolClassifier
+
+    if given == "none":
+        return None
+    return SymbolClassifier.load(given) if given else load_default_symbols()
+
+
 def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
     """Host names the server answers to when bound to ``host`` (None: any).
 
@@ -137,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         recs = _load(args)
+        symbols = _load_symbols(args.symbol_model)
     except (WeightsError, OSError, ValueError, KeyError) as exc:
         print(f"cannot load the model: {exc}", file=sys.stderr)
         return 1
@@ -151,8 +167,11 @@ def run(args: argparse.Namespace) -> int:
         max_concurrency=workers,
         timeout_s=args.timeout,
     )
-    app = create_app(recs, limits, allowed_hosts=allowed_hosts(args.host, args.allow_host))
+    hosts = allowed_hosts(args.host, args.allow_host)
+    app = create_app(recs, limits, allowed_hosts=hosts, symbols=symbols)
     names = ", ".join(f"{n} ({r.input_kind})" for n, r in recs.items())
+    if symbols is not None:
+        names += f", {symbols.name} (symbol)"
     print(f"hmer: serving {names} on http://{args.host}:{args.port}/", file=sys.stderr)
 
     serve_app(app, args.host, args.port, limit_concurrency=4 * limits.max_pending)

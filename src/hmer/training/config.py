@@ -82,6 +82,30 @@ class TrainConfig:
     num_workers: int = 1  # data loader processes (0: batches made in the training process)
 
 
+@dataclass
+class SymbolConfig:
+    """The symbol classifier (``hmer symbol-train``): its crops, network and optimization.
+
+    Hold-out and test sets are those of the expression models: the symbols of the same
+    ``val_size`` random training expressions, and of the 2014 test expressions.
+    """
+
+    size: int = 32  # side of the square crops, in pixels
+    variants: int = 2  # renders of each training symbol in the crop cache, used in turn by epoch
+    width: int = 16  # channels of the first convolution stage (2x and 4x after)
+    dropout: float = 0.2
+    batch_size: int = 128
+    epochs: int = 10
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    label_smoothing: float = 0.05
+    val_size: int = 500
+    seed: int = 1
+    checkpoint_minutes: float = 5.0
+    max_minutes: float = 0.0  # stop (resumably) after this much training time (0: no limit)
+
+
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
 CHOICES = {
     ("data", "val_split"): ("random", "formula"),
@@ -93,6 +117,7 @@ PROBABILITIES = {
     ("data", "ink_swap_p"),
     ("data", "ink_reverse_p"),
     ("train", "momentum"),
+    ("symbols", "dropout"),
 }
 # Numbers that must not be negative, and the one factor that must lie strictly between 0 and 1.
 NON_NEGATIVE = {("train", k) for k in ("min_lr", "plateau_patience", "patience", "eval_max_len")}
@@ -193,8 +218,9 @@ def _check_value(where: str, annotation: str, value):
     return value
 
 
-def _section(name: str, raw) -> DataConfig | TrainConfig:
-    kind = SECTIONS[name]
+def _section(name: str, raw, kind: type | None = None):
+    """The dataclass ``kind`` (default: the config section ``name``) checked from ``raw``."""
+    kind = kind or SECTIONS[name]
     if not isinstance(raw, dict):
         raise ConfigError(f"[{name}] must be a table of keys")
     fields = {f.name: f for f in dataclasses.fields(kind)}
@@ -215,6 +241,29 @@ def _section(name: str, raw) -> DataConfig | TrainConfig:
             raise ConfigError(f"{where} must be between 0 and 1 (exclusive), not {value!r}")
         values[key] = value
     return kind(**values)
+
+
+def symbol_config(raw: dict, overrides: list[str] = ()) -> SymbolConfig:
+    """A checked :class:`SymbolConfig` from the ``[symbols]`` table of ``raw`` (a config file's
+    dict, may be empty) and ``KEY=VALUE`` overrides (values read as TOML, as in
+    :func:`apply_overrides`)."""
+    unknown = set(raw) - {"symbols"}
+    if unknown:
+        raise ConfigError(f"a symbol config has only a [symbols] table, not {sorted(unknown)}")
+    values = dict(raw.get("symbols", {}))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"override {item!r}: {text!r} is not a value") from exc
+    cfg = _section("symbols", values, SymbolConfig)
+    for key in ("size", "variants", "width", "batch_size", "epochs", "val_size"):
+        if getattr(cfg, key) < (8 if key == "size" else 1):
+            raise ConfigError(f"symbols.{key} is too small: {getattr(cfg, key)}")
+    return cfg
 
 
 def check_model(raw) -> dict:

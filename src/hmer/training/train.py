@@ -401,18 +401,19 @@ def restore(
     path: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    plateau: Plateau | None,
-    tc: TrainConfig,
+    plateau: Plateau | None = None,
+    tc: TrainConfig | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Load a checkpoint's weights, optimizer and plateau-schedule states; returns its run state
     and the torch RNG state to set once the data loader has drawn its seed (see
-    :func:`epoch_loader`). A run resumes with the optimizer and schedule it started with."""
+    :func:`epoch_loader`). Given ``tc``, a run resumes only with the optimizer and schedule it
+    started with (the symbol classifier's loop has no choice of them)."""
     from hmer.weights import load_checkpoint
 
     ckpt = load_checkpoint(path)  # tensors and plain data only: never runs code
     was = ckpt["config"].get("train", {})
-    for key in ("optimizer", "scheduler"):  # checkpoints from before the choice: the defaults
-        before, now = was.get(key, getattr(TrainConfig, key)), getattr(tc, key)
+    for key in ("optimizer", "scheduler") if tc is not None else ():
+        before, now = was.get(key, getattr(TrainConfig, key)), getattr(tc, key)  # old: defaults
         if before != now:
             raise SetupError(
                 f"{path} was trained with train.{key} = {before!r}, the config says {now!r}: "
