@@ -100,6 +100,20 @@ def test_trim_csv_repairs_whatever_a_kill_left(tmp_path):
     assert missing.read_text().splitlines() == [",".join(EVAL_HEADER)]
 
 
+def test_an_eval_log_from_before_loss_wer_and_cer_keeps_its_rows(tmp_path):
+    from hmer.training.train import OLD_EVAL_WIDTHS
+
+    log = tmp_path / "eval.csv"
+    old = "epoch,step,cpu_hours,split,exprate,le1,le2\n1,40,0.2,val,10.00,20.00,30.00\n"
+    log.write_text(old + "2,80,0.4,val,12.00,22.00,32.00,1.5,40.00,30.00\n3,120,0.6,val,1")
+    trim_csv(log, EVAL_HEADER, "epoch", 5, OLD_EVAL_WIDTHS)
+    assert log.read_text().splitlines() == [
+        ",".join(EVAL_HEADER),
+        "1,40,0.2,val,10.00,20.00,30.00,,,",  # the old row, its new cells empty
+        "2,80,0.4,val,12.00,22.00,32.00,1.5,40.00,30.00",
+    ]  # and the torn last line is gone
+
+
 def test_a_kill_in_the_first_steps_leaves_a_log_that_resume_reads(tmp_path, samples, vocab):
     cfg, cfg_path = _config_files(tmp_path, samples * 4, vocab, epochs=1, checkpoint_minutes=0)
     run = tmp_path / "run"

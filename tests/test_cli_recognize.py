@@ -70,6 +70,17 @@ def test_progress_bar_on_stderr_only_when_asked_or_on_a_terminal(capsys, release
     assert run(capsys, *base)[2] == ""  # stderr is not a terminal under pytest
 
 
+@pytest.mark.parametrize("beam", ["1", "3"])
+def test_max_len_limits_what_an_attention_model_writes(capsys, release, images, beam):
+    base = [str(images / "e0.png"), "--model", release, "--beam", beam, "--style", "tokens"]
+    code, unlimited, _ = run(capsys, *base)
+    assert code == 0 and len(unlimited.split()) > 3  # an untrained model runs on
+    code, limited, _ = run(capsys, *base, "--max-len", "3")
+    assert code == 0 and 0 < len(limited.split()) <= 3
+    code, _, err = run(capsys, *base, "--max-len", "0")
+    assert code == 2 and "--max-len must be at least 1" in err
+
+
 def test_errors_name_the_file_and_the_problem(capsys, release, images, tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     (tmp_path / "empty.png").write_bytes(b"")

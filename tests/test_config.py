@@ -66,6 +66,16 @@ def test_unknown_keys_and_wrong_types_are_refused_by_name():
         ({"model": {"name": "transformer", "d_model": "big"}}, "model.d_model must be an int"),
         ({"model": {"name": "strokes", "conv_strides": 2}}, "model.conv_strides must be a list"),
         ({"data": {}}, "no [model] section"),
+        ({**base, "train": {"optimizer": "adam"}}, "train.optimizer must be one of adamw, sgd"),
+        ({**base, "train": {"scheduler": "step"}}, "train.scheduler must be one of cosine"),
+        ({**base, "train": {"plateau_factor": 1.0}}, "train.plateau_factor must be between 0"),
+        ({**base, "train": {"momentum": 1.5}}, "train.momentum is a probability"),
+        ({**base, "train": {"min_lr": -1e-6}}, "train.min_lr must not be negative"),
+        ({**base, "train": {"patience": -1}}, "train.patience must not be negative"),
+        ({**base, "train": {"nesterov": "yes"}}, "train.nesterov must be true or false"),
+        ({**base, "vocab": "missing/vocab.json"}, "vocab: cannot read missing/vocab.json"),
+        ({**base, "vocab": '["a", 1]'}, "vocab: not a JSON list of tokens"),
+        ({**base, "vocab": "[1, 2"}, "vocab: not a JSON list of tokens"),
     ]:
         with pytest.raises(ConfigError) as err:
             Config.from_dict(raw)
@@ -85,6 +95,24 @@ def test_defaults_and_round_trip_through_plain_data():
         "train": {"epochs": 60, "lr": 5e-4, "label_smoothing": 0.1, "bf16": "auto", "seed": 1},
     }
     assert Config.from_dict(old).model == old["model"]
+
+
+def test_the_training_options_and_a_vocabulary_file(tmp_path):
+    cfg = Config.from_dict({"model": {"name": "crnn"}})
+    assert (cfg.train.optimizer, cfg.train.scheduler) == ("adamw", "cosine")  # as before
+    assert cfg.train.eval_max_len == 0 and cfg.train.patience == 0
+    raw = {"model": {"name": "crnn"}}
+    apply_overrides(raw, ["train.optimizer=sgd", "train.nesterov=true", "train.scheduler=plateau"])
+    apply_overrides(raw, ["train.plateau_factor=0.3", "train.min_lr=1e-5", "train.eval_max_len=50"])
+    cfg = Config.from_dict(raw)
+    assert cfg.train.optimizer == "sgd" and cfg.train.nesterov is True
+    assert cfg.train.plateau_factor == 0.3 and cfg.train.min_lr == 1e-5
+    assert cfg.train.scheduler == "plateau" and cfg.train.eval_max_len == 50
+    # A vocabulary file is read when the config is checked: checkpoints hold the tokens.
+    (tmp_path / "vocab.json").write_text('["x", "\\\\text", "~"]')
+    cfg = Config.from_dict({"model": {"name": "crnn"}, "vocab": str(tmp_path / "vocab.json")})
+    assert cfg.vocab == '["x", "\\\\text", "~"]'
+    assert Config.from_dict(cfg.to_dict()) == cfg
 
 
 def test_overrides_know_the_fields():
@@ -109,8 +137,23 @@ def test_train_cli_names_the_bad_entry_without_a_traceback(capsys, tmp_path):
         (["--set", "model.encoder_cfg.depthh=3"], "cannot be built"),
         (["--set", "model.nhead=7"], "cannot be built"),
         (["--set", "model.name=nope"], "unknown model family"),
+        (["--vocab", str(tmp_path / "nope.json")], "vocab: cannot read"),
+        (["--set", "train.scheduler=steps"], "train.scheduler must be one of cosine, plateau"),
     ]:
         assert main(["train", config, "--run-dir", run, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("hmer train: ") and words in err and "Traceback" not in err
     assert not Path(run).exists()  # refused before anything was written
+
+
+def test_train_help_documents_the_training_options(capsys):
+    from hmer.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for words in ["--set train.patience=", "early stopping", 'optimizer = "adamw" | "sgd"']:
+        assert words in text, words
+    for key in ["scheduler", "plateau_factor", "plateau_patience", "min_lr", "eval_max_len"]:
+        assert key in text and key in TrainConfig.__dataclass_fields__, key
+    assert "--vocab" in text and "hmer data vocab" in text

@@ -183,6 +183,16 @@ def test_greedy_mode_rescores_one_greedy_hypothesis_of_each_model(fusion):
     assert 1 <= len(r.alternatives) <= 2
 
 
+def test_max_len_bounds_both_models_hypotheses(fusion):
+    fusion.max_len = 3  # untrained models would otherwise write up to 200 tokens
+    try:
+        for beam in (1, 2):
+            cands = fusion.candidates(write(["x", "+", "1"]), beam=beam)
+            assert cands.ids and all(len(ids) <= 3 for ids in cands.ids)
+    finally:
+        fusion.max_len = None
+
+
 def sample_ink(traces):
     from hmer.data.inkml import Ink
 
@@ -234,6 +244,20 @@ def test_recognize_route_option_picks_the_reader_of_ink(capsys, tmp_path, releas
     assert code == 1 and "b.png" in err and "pen input" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, "recognize", ink, "--route", "image", "--model", strokes)
     assert code == 1 and "needs a model that reads image" in err
+
+
+def test_recognize_max_len_reaches_the_fusion_route(capsys, tmp_path, releases):
+    from hmer.interfaces import cli_model
+
+    image, strokes = releases
+    ink = tmp_path / "a.inkml"
+    ink.write_text(make_inkml(write(["x", "+", "1"])))
+    argv = ["recognize", ink, "--route", "fusion", "--model", image, "--stroke-model", strokes]
+    code, out, _ = run_cli(capsys, *argv, "--max-len", "3", "--format", "json", "--beam", "1")
+    assert code == 0 and json.loads(out)["model"] == "img+pen"
+    assert cli_model._RECOGNIZERS[("ink", "fusion", image, strokes)].max_len == 3
+    code, _, err = run_cli(capsys, *argv, "--max-len", "0")
+    assert code == 2 and "--max-len" in err
 
 
 def test_ink_recognizer_for_each_route(releases):
@@ -343,6 +367,24 @@ def test_api_default_ink_route_and_missing_routes(make_app):
             assert resp.status_code == 422 and resp.json()["code"] == "no_route"
     with pytest.raises(ValueError, match="fusion"):
         make_app(only_image, ink_route="fusion")
+
+
+def test_routes_and_the_symbol_classifier_share_one_app(make_app):
+    from hmer.models.symbols import SymbolCNN
+    from hmer.symbol_classifier import SymbolClassifier
+
+    symbols = SymbolClassifier(SymbolCNN(3, width=4), ["x", "+", "1"], 16, name="sym")
+    with local_client(make_app(symbols=symbols, ink_route="fusion")) as c:
+        info = c.get("/v1/models").json()
+        assert info["symbol_model"] == "sym" and info["ink_route"] == "fusion"
+        assert info["routes"]["fusion"] == "tiny+tiny-strokes"
+        assert post_strokes(c, route="strokes").json()["model"] == "tiny-strokes"
+        resp = c.post("/v1/symbol", json={"strokes": STROKES, "top": 2})
+        assert resp.status_code == 200 and resp.json()["model"] == "sym"
+        assert len(resp.json()["candidates"]) == 2
+        inkml = make_inkml(write(["x"])).encode()
+        resp = c.post("/v1/symbol", files={"file": ("x.inkml", inkml)}, data={"top": "1"})
+        assert resp.status_code == 200 and len(resp.json()["candidates"]) == 1
 
 
 def test_serve_ink_route_loads_the_stroke_model_it_needs(monkeypatch, releases):

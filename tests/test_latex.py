@@ -13,10 +13,12 @@ from hmer.data.latex import (
     is_valid,
     normalize_prediction,
     normalize_tokens,
+    normalize_well_formed,
     repair,
     tokenize,
     validate,
 )
+from hmer.data.latex_tree import Malformed, parse
 
 
 def _t(text: str) -> list[str]:
@@ -44,6 +46,40 @@ def test_tokenize():
     assert tokenize(r"a\ b\,c \\") == ["a", "\\ ", "b", r"\,", "c", "\\\\"]
     assert tokenize("") == [] and tokenize("   ") == []
     assert tokenize("x \\") == ["x", "\\"]  # a trailing backslash does not break anything
+
+
+@pytest.mark.parametrize(
+    "latex, tokens",
+    [
+        (r"\text{if }x>0", r"\text { i f ~ } x > 0"),
+        (r"\text { i f ~ } x > 0", r"\text { i f ~ } x > 0"),  # the token form reads back
+        (r"x^2\text{ for all }n", r"x ^ { 2 } \text { ~ f o r ~ a l l ~ } n"),
+        (r"\text{a\ b~c  d}", r"\text { a ~ b ~ c ~ d }"),  # every way to write a space
+        (r"\text{log}", r"\text { l o g }"),  # a word, not the operator
+        (r"\mbox{ab}", "a b"),  # CROHME's wrappers still unwrap
+    ],
+)
+def test_text_in_formulas_keeps_its_characters(latex, tokens):
+    got = normalize_tokens(latex, canonical=False)
+    assert got == _t(tokens)
+    assert normalize_tokens(detokenize(got), canonical=False) == got
+    assert normalize_tokens(detokenize(got, compact=True), canonical=False) == got
+    assert normalize_prediction(got) == got and is_valid(got)
+
+
+def test_empty_text_reads_back_but_is_no_caption():
+    # LaTeX accepts an empty \text{}; the caption conventions refuse empty arguments.
+    got = normalize_tokens(r"\text{}", canonical=False)
+    assert got == _t(r"\text { }")
+    assert normalize_prediction(got) == got and not is_valid(got)
+
+
+def test_text_in_formulas_compacts_to_latex_that_renders_the_words():
+    tokens = normalize_tokens(r"\text{if }x>0")
+    assert detokenize(tokens, compact=True) == r"\text{if~}x>0"
+    assert tokenize(r"\text{if }x") == [r"\text", "{", "i", "f", "~", "}", "x"]
+    assert tokenize(r"\textit{if }x") == [r"\textit", "{", "i", "f", "}", "x"]  # not \text
+    assert repair(_t(r"\text { i f } {")) == _t(r"\text { i f }")
 
 
 def test_detokenize_round_trip():
@@ -244,6 +280,61 @@ def test_fuzz_never_crashes_and_repair_is_valid():
             assert is_valid(normalize_prediction(tokens)), tokens
 
 
+def _w(text: str) -> str:
+    return " ".join(normalize_well_formed(text.split()))
+
+
+def test_closing_bracket_is_an_argument_outside_a_root_index():
+    # LaTeX: ] ends a \sqrt's [index] (outside braces there); elsewhere it is a symbol
+    assert _w("x ^ ] +") == "x ^ { ] } +"
+    assert _w(r"\sqrt [ x ^ ] { y }") == r"\sqrt [ x ^ ] { y }"  # malformed: kept as written
+    [root] = parse(_t(r"\sqrt [ { x ^ ] } ] { y }"))
+    assert [t.tok for t in root.index[0].children[0].script("^")] == ["]"]
+    assert repair(_t(r"\sqrt [ 3 ^ ] { x }")) == _t(r"\sqrt [ 3 ] { x }")
+
+
+def test_limits_is_no_argument_and_needs_a_base():
+    for tokens in [r"x ^ \limits", r"\frac \limits { a } { b }", r"\limits _ { 1 } x"]:
+        assert _w(tokens) == tokens  # LaTeX: "Limit controls must follow a math operator"
+        with pytest.raises(Malformed, match="limits|argument"):
+            parse(tokens.split())
+    assert _w(r"\int \limits _ 0 ^ 1") == r"\int \limits _ { 0 } ^ { 1 }"
+    assert repair(_t(r"\int ^ \limits _ { 0 }")) == _t(r"\int \limits _ { 0 }")
+
+
+def test_font_wrappers_are_groups_of_their_argument():
+    assert n(r"$\mathrm{d}x + \operatorname{log} y + \mbox{e}^{2}$") == r"d x + \log y + e ^ { 2 }"
+    [group] = parse(_t(r"\mathrm { a b }"))
+    assert (group.kind, group.tok, [c.tok for c in group.children]) == (
+        "group",
+        r"\mathrm",
+        ["a", "b"],
+    )
+    assert _w(r"x ^ \mathrm a") == "x ^ { a }"
+    assert _w(r"x + \mathrm") == r"x + \mathrm"  # LaTeX: the argument is missing
+    assert "without a {group}" in validate(_t(r"\mathrm x"))  # captions brace every argument
+
+
+def test_empty_arguments_are_latex_but_not_caption_form():
+    assert _w("x ^ { } + 1") == "x + 1"  # an empty script renders nothing
+    assert _w(r"\frac { } { b }") == r"\frac { } { b }"
+    assert _w(r"\sqrt [ ] { x }") == r"\sqrt [ ] { x }"
+    assert "empty group" in validate(_t(r"\frac { } { b }"))
+    assert "empty []" in validate(_t(r"\sqrt [ ] { x }"))
+    assert repair(_t(r"x ^ { } + \sqrt [ ] { x }")) == _t(r"x + \sqrt { x }")
+
+
+def test_one_subscript_and_one_superscript_in_either_order():
+    assert _w("x ^ b _ a") == "x _ { a } ^ { b }"
+    assert " ".join(normalize_well_formed(_t("x ^ b _ a"), canonical=False)) == "x ^ { b } _ { a }"
+    [node] = parse(_t("x ^ { b } _ { a }"))
+    assert [t for t, _ in node.scripts] == ["^", "_"] and node.script("_")[0].tok == "a"
+    for double in ["x ^ 2 ^ 3", "x _ { 1 } ^ { 2 } _ { 3 }"]:  # LaTeX: "Double subscript"
+        assert _w(double) == double
+        assert normalize_prediction(double.split()) == double.split()
+    assert normalize_tokens("x^{1}^{2}") == _t("x ^ { 1 } ^ { 2 }")  # raw truth: kept as written
+
+
 def test_diff_class_labels():
     assert diff_class(_t("1"), _t("1")) == "equal"
     assert "script order" in diff_class(_t("x _ { 1 } ^ { 2 }"), _t("x ^ { 2 } _ { 1 }"))
@@ -276,10 +367,11 @@ def test_normalization_reproduces_captions(name, minimum):
     assert report.percent >= minimum, report.classes.most_common(5)
 
 
-def test_captions_round_trip_valid_and_stable():
-    from hmer.data.dataset import default_data_dir
+@pytest.mark.parametrize("name", ["train", "2014"])
+def test_captions_round_trip_valid_and_stable(name):
+    from hmer.data.dataset import caption_tokens, default_data_dir
 
-    path = default_data_dir() / "train_caption.txt"
+    path = default_data_dir() / f"{name}_caption.txt"
     if not path.exists():
         pytest.skip("CROHME captions not available")
     captions = list(read_captions(path).values())
@@ -287,6 +379,8 @@ def test_captions_round_trip_valid_and_stable():
     for tokens in captions:
         assert tokenize(detokenize(tokens)) == tokens
         assert tokenize(detokenize(tokens, compact=True)) == tokens
+        # a user's caption file is read as written: a CROHME caption line stays its tokens
+        assert caption_tokens(" ".join(tokens)) == tokens
         assert is_valid(tokens), (tokens, validate(tokens))
         assert normalize_prediction(tokens, canonical=False) == tokens
         distinct.add(" ".join(tokens))

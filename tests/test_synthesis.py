@@ -11,6 +11,7 @@ import pytest
 from hmer.cli import main
 from hmer.data.inkml import parse_inkml
 from hmer.data.latex import normalize_tokens
+from hmer.data.latex_tree import parse
 from hmer.synthesis.generate import (
     SkipFormula,
     generate,
@@ -18,8 +19,8 @@ from hmer.synthesis.generate import (
     synthesize,
     to_inkml,
 )
-from hmer.synthesis.glyphs import BAR, GlyphBank, build_bank, glyphs_of
-from hmer.synthesis.layout import LayoutError, Placed, Style, layout, parse
+from hmer.synthesis.glyphs import BAR, DEFAULT_METRICS, GlyphBank, build_bank, glyphs_of
+from hmer.synthesis.layout import LayoutError, Placed, Style, layout
 
 # Hand-made drawings in any units, y down: each token has two "writers".
 DRAWINGS = {
@@ -102,7 +103,7 @@ def test_sqrt_index_and_limits_parse():
     tree = parse(
         _t(r"\sqrt [ 3 ] { x } + \sum _ { i = 1 } ^ { n } x \int \limits _ { 0 } ^ { 1 } x")
     )
-    assert [n.kind for n in tree.parts][:3] == ["sqrt", "atom", "scripts"]
+    assert [n.kind for n in tree][:3] == ["sqrt", "atom", "scripts"]
     placed = layout(_t(r"\sum _ { i } ^ { n } x"), None, np.random.default_rng(0))
     boxes = _by_token(placed)
     s, i, n = boxes[r"\sum"], boxes["i"], boxes["n"]
@@ -111,11 +112,50 @@ def test_sqrt_index_and_limits_parse():
 
 
 @pytest.mark.parametrize(
-    "tokens", [r"\frac { a }", "x ^", "{ x", "x }", r"\sqrt", "x ^ { 2 } ^ { 3 }", "_ { 2 }"]
+    "tokens",
+    [
+        r"\frac { a }",
+        "x ^",
+        "{ x",
+        "x }",
+        r"\sqrt",
+        "x ^ { 2 } ^ { 3 }",  # LaTeX: "Double superscript"
+        r"x ^ \limits",  # \limits is no argument
+        r"\limits _ { 1 }",  # nor without a base
+        r"\sqrt [ x ^ ] { y }",  # this ] closes the index: ^ has no argument
+        r"\mathrm",
+    ],
 )
-def test_layout_rejects_malformed(tokens):
+def test_layout_rejects_what_latex_rejects(tokens):
     with pytest.raises(LayoutError):
-        parse(tokens.split())
+        layout(tokens.split())
+
+
+def test_layout_reads_the_shared_grammar_as_latex_does():
+    # ] outside a \sqrt index is a plain symbol, here a superscript
+    boxes = _by_token(layout(_t("x ^ ]"), None, np.random.default_rng(0), Style()))
+    assert boxes["]"].x > boxes["x"].x and boxes["]"].y < boxes["x"].y
+    assert boxes["]"].h < DEFAULT_METRICS["]"].height
+    # a font wrapper draws its argument only
+    placed = layout(_t(r"\mathrm { d } x ^ { \mathrm { a } }"), None, np.random.default_rng(0))
+    assert [p.token for p in placed] == ["d", "x", "a"]
+    # empty arguments draw nothing (a fraction keeps its bar, a radical its sign)
+    assert [p.token for p in layout(_t("x ^ { } + 1"))] == ["x", "+", "1"]
+    frac = _by_token(layout(_t(r"\frac { } { b }"), None, np.random.default_rng(0)))
+    assert set(frac) == {BAR, "b"} and frac["b"].y >= frac[BAR].y + frac[BAR].h
+    plain, empty = (
+        layout(_t(rf"\sqrt {index} {{ x }}"), None, np.random.default_rng(3), Style())
+        for index in ("", "[ ]")
+    )
+    assert plain == empty
+    # a subscript and a superscript in either written order: the same layout
+    one, two = (
+        layout(_t(t), None, np.random.default_rng(4))
+        for t in ("x _ { a } ^ { b }", "x ^ { b } _ { a }")
+    )
+    assert one == two and {p.token for p in one} == {"x", "a", "b"}
+    # a script without a base is TeX's empty nucleus
+    assert [p.token for p in layout(_t("_ { 2 } x"))] == ["2", "x"]
 
 
 def test_generation_is_deterministic_under_a_seed(bank):

@@ -1,4 +1,5 @@
-"""Training engine: checkpoints and logs, exact resume after a kill, torchrun data parallelism."""
+"""Training engine: checkpoints and logs, exact resume after a kill, torchrun data parallelism,
+the optimizer and schedule choices, the validation log."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import pytest
 import torch
 
-from hmer.training.train import train
+from hmer.training.train import EVAL_HEADER, train
 
 TINY_TRANSFORMER = {
     "name": "transformer",
@@ -66,22 +67,65 @@ def test_train_writes_checkpoints_logs_and_best(tmp_path, samples, vocab):
     for name in ("last.pt", "best.pt", "log.csv", "eval.csv", "config.json", "pred-val.tsv"):
         assert (tmp_path / "run" / name).exists(), name
     rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch") and len(rows) == 3  # header + one val row per epoch
+    assert rows[0] == ",".join(EVAL_HEADER) and len(rows) == 3  # header + one val row per epoch
+    for row in rows[1:]:
+        cells = dict(zip(EVAL_HEADER, row.split(","), strict=True))
+        assert cells["split"] == "val" and float(cells["loss"]) > 0
+        assert float(cells["wer"]) >= 0 and float(cells["cer"]) >= 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
-    assert len(events.Scalars("val/exprate")) == 2
+    for key in ("exprate", "loss", "wer", "cer"):
+        assert len(events.Scalars(f"val/{key}")) == 2, key
+
+
+def test_validation_loss_is_the_training_loss_without_augmentation(samples, vocab):
+    from hmer.data.batching import BucketSpec, EpochBatches
+    from hmer.models import create_model
+    from hmer.training.config import TrainConfig
+    from hmer.training.train import validation_loss
+
+    kwargs = {k: v for k, v in TINY_TRANSFORMER.items() if k != "name"}
+    model = create_model("transformer", len(vocab), **kwargs)
+    tc = TrainConfig(label_smoothing=0.0)
+    spec = BucketSpec()
+    got = validation_loss(model, samples, vocab, spec, tc, bf16=False)
+    assert model.training  # back in training mode
+    model.eval()
+    (batch,) = [EpochBatches(samples, vocab, spec, 0, 0, augment=False, shuffle=False)[0]]
+    with torch.no_grad():
+        want = model(batch["inputs"], batch["masks"], batch["tokens"], 0.0).item()
+    assert got == pytest.approx(want, rel=1e-5)
 
 
 def _weights(run_dir):
     return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
 
 
-def test_resume_after_kill_continues_exactly(tmp_path, samples, vocab):
+# The plateau schedule cuts the rate every epoch here (ExpRate stays 0: no gain), so a resumed
+# run that lost the schedule's state, or SGD's momentum, would diverge.
+SCHEDULES = {
+    "adamw-cosine": {},
+    "sgd-plateau": {
+        "optimizer": "sgd",
+        "momentum": 0.8,
+        "nesterov": True,
+        "lr": 0.05,
+        "scheduler": "plateau",
+        "plateau_factor": 0.5,
+        "plateau_patience": 0,
+    },
+}
+
+
+@pytest.mark.parametrize("options", list(SCHEDULES))
+def test_resume_after_kill_continues_exactly(tmp_path, samples, vocab, options):
     samples = samples * 4  # several batches per epoch, so the kill lands mid-epoch
     epochs = 8
-    cfg, cfg_path = _config_files(tmp_path, samples, vocab, epochs=epochs, checkpoint_minutes=0)
+    cfg, cfg_path = _config_files(
+        tmp_path, samples, vocab, epochs=epochs, checkpoint_minutes=0, **SCHEDULES[options]
+    )
     train(cfg, tmp_path / "straight")
 
     run = tmp_path / "killed"
@@ -114,11 +158,102 @@ def test_resume_after_kill_continues_exactly(tmp_path, samples, vocab):
         assert torch.equal(straight[key], resumed[key]), key
     steps = [int(r.split(",")[0]) for r in (run / "log.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps))  # no duplicated log rows after the resume
+    straight_ckpt = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    resumed_ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert straight_ckpt.get("scheduler") == resumed_ckpt.get("scheduler")
+    assert ("scheduler" in resumed_ckpt) == (options == "sgd-plateau")
+
+
+def test_sgd_and_the_plateau_schedule_are_what_runs(tmp_path, samples, vocab, monkeypatch):
+    from hmer.training import train as train_mod
+
+    used = []
+    step = train_mod.train_step
+    monkeypatch.setattr(
+        train_mod,
+        "train_step",
+        lambda *a: used.append(a[4]) or step(*a),  # a[4]: the rate
+    )
+    # lr so small that ExpRate cannot rise in 4 epochs; min_lr 0 leaves the cuts unclamped
+    options = {**SCHEDULES["sgd-plateau"], "lr": 1e-4, "min_lr": 0.0, "warmup_steps": 1}
+    cfg = tiny_config(epochs=4, **options)
+    cfg["vocab"] = vocab.to_json()
+    train(cfg, tmp_path / "run", samples={"train": samples, "val": samples})
+    # The first validation sets the best; each later one without gain halves the rate (epochs
+    # 3 and 4 train at half and a quarter of it).
+    changes = [lr for k, lr in enumerate(used) if k == 0 or lr != used[k - 1]]
+    assert changes == pytest.approx([1e-4, 5e-5, 2.5e-5])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)  # plain data
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.8 and group["nesterov"] is True
+    assert all("momentum_buffer" in s for s in ckpt["optimizer"]["state"].values())
+    # Validation ExpRate never rises above its first value: epochs 2, 3 and 4 each halve the rate.
+    assert ckpt["scheduler"]["_last_lr"] == [pytest.approx(1e-4 / 8)]
+
+    adamw = torch.load(_run_default(tmp_path, samples, vocab), weights_only=True)
+    assert "scheduler" not in adamw and "amsgrad" in adamw["optimizer"]["param_groups"][0]
+
+
+def _run_default(tmp_path, samples, vocab):
+    cfg = tiny_config(epochs=1)
+    cfg["vocab"] = vocab.to_json()
+    train(cfg, tmp_path / "default", samples={"train": samples, "val": samples})
+    return tmp_path / "default" / "last.pt"
+
+
+def test_a_resumed_plateau_schedule_keeps_its_count(tmp_path, samples, vocab):
+    # Stopped after epoch 2 (one validation without gain counted, no cut yet), then resumed to
+    # epoch 4: the schedule must go on where it was (a cut after epoch 3), as in the straight run.
+    # (The kill test above may stop before the schedule has counted anything.)
+    splits = {"train": samples, "val": samples}
+    options = {**SCHEDULES["sgd-plateau"], "plateau_patience": 1}
+    cfg = tiny_config(epochs=4, **options)
+    cfg["vocab"] = vocab.to_json()
+    train(cfg, tmp_path / "straight", samples=splits)
+    train({**cfg, "train": {**cfg["train"], "epochs": 2}}, tmp_path / "two", samples=splits)
+    train(cfg, tmp_path / "two", resume=True, samples=splits)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "two")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_warm_up_scales_the_plateau_rate():
+    from hmer.training.config import TrainConfig
+    from hmer.training.train import learning_rate, lr_at, make_optimizer, make_plateau, step_plateau
+
+    tc = TrainConfig(lr=1.0, warmup_steps=4, scheduler="plateau", plateau_patience=0)
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(1))], tc)
+    plateau = make_plateau(optimizer, tc)
+    assert [learning_rate(s, 100, tc, plateau) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    optimizer.param_groups[0]["lr"] = 0.25  # what train_step wrote during the warm-up
+    step_plateau(plateau, optimizer, 10.0)  # the first value is a gain
+    step_plateau(plateau, optimizer, 10.0)  # no gain: cut from the held rate, not the warm-up's
+    assert learning_rate(50, 100, tc, plateau) == pytest.approx(0.5)
+    cosine = TrainConfig(lr=1.0, warmup_steps=4)
+    assert make_plateau(optimizer, cosine) is None
+    assert learning_rate(50, 100, cosine, None) == lr_at(50, 100, 1.0, 4)
+
+
+def test_resume_refuses_another_optimizer(tmp_path, samples, vocab):
+    from hmer.training.train import SetupError
+
+    cfg = tiny_config(epochs=1)
+    cfg["vocab"] = vocab.to_json()
+    splits = {"train": samples, "val": samples}
+    train(cfg, tmp_path / "run", samples=splits)
+    cfg["train"]["optimizer"] = "sgd"
+    with pytest.raises(SetupError, match="train.optimizer = 'adamw', the config says 'sgd'"):
+        train(cfg, tmp_path / "run", resume=True, samples=splits)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_torchrun_two_processes_gloo(tmp_path, samples, vocab):
-    _, cfg_path = _config_files(tmp_path, samples * 2, vocab, epochs=1)
+@pytest.mark.parametrize("options", list(SCHEDULES))
+def test_torchrun_two_processes_gloo(tmp_path, samples, vocab, options):
+    # With the plateau schedule every rank steps it on rank 0's validation ExpRate.
+    epochs = 1 if options == "adamw-cosine" else 3
+    opts = SCHEDULES[options]
+    if opts:  # a rate at which ExpRate stays 0, unclamped cuts
+        opts = {**opts, "lr": 1e-4, "min_lr": 0.0}
+    _, cfg_path = _config_files(tmp_path, samples * 2, vocab, epochs=epochs, **opts)
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -142,8 +277,10 @@ def test_torchrun_two_processes_gloo(tmp_path, samples, vocab):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run / "last.pt").exists()
-    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["state"]
-    assert state["epoch"] == 1
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["state"]["epoch"] == epochs
+    if options == "sgd-plateau":  # a gain at epoch 1, then two cuts
+        assert ckpt["scheduler"]["_last_lr"] == [pytest.approx(opts["lr"] / 4)]
 
 
 def test_overrides_set_dotted_keys_with_toml_values():

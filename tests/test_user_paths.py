@@ -18,6 +18,7 @@ from serve_helpers import TOKENS, png_bytes, tiny_image_release
 
 from hmer.cli import main
 from hmer.data.vocab import Vocab
+from hmer.evaluation.plots import COLORS
 from hmer.models import create_model
 from hmer.weights import WEIGHTS_DIR, WeightsError, load_model, read_manifest, save_release
 
@@ -232,31 +233,96 @@ def test_explain_works_for_every_family(capsys, tmp_path, family):
         np.testing.assert_allclose(sums, 1.0, atol=1e-4)
 
 
+ENCODERS = {
+    "densenet": {"growth": 4, "depth": 2},
+    "resnet": {"widths": [8, 8, 8, 8]},
+    "cnn": CNN,
+}
+STAGES = {  # stage names and their strides
+    "densenet": [("stem", 2), ("block 1", 8), ("block 2", 16), ("block 3", 16)],
+    "resnet": [("stem", 4), ("stage 1", 4), ("stage 2", 8), ("stage 3", 16), ("stage 4", 16)],
+    "cnn": [("block 1", 2), ("block 2", 4), ("block 3", 8), ("block 4", 16)],
+}
+
+
+@pytest.mark.parametrize(
+    ("family", "encoder"),
+    [
+        ("transformer", "densenet"),  # CoMER, BTTR
+        ("transformer", "resnet"),  # ResNet + Transformer
+        ("seq2seq", "cnn"),  # WAP
+        ("seq2seq", "densenet"),  # DenseWAP
+        ("crnn", "cnn"),  # CRNN
+        ("crnn", "resnet"),  # ResNet-18 CRNN
+    ],
+)
+def test_explain_draws_the_activations_of_every_image_family(capsys, tmp_path, family, encoder):
+    from hmer.decoding.explain import activation_maps
+
+    vocab = Vocab(TOKENS)
+    cfg = {**FAMILIES[family], "encoder": encoder, "encoder_cfg": ENCODERS[encoder]}
+    if family == "transformer":
+        cfg |= {"nhead": 2, "num_layers": 1, "ffn": 32, "max_len": 10}
+    if family == "seq2seq":
+        cfg["max_len"] = 10
+    torch.manual_seed(0)
+    model = create_model(family, len(vocab), **cfg).eval()
+    release = save_release(model, {"name": family, **cfg}, vocab, tmp_path / "m.safetensors")
+    source = tmp_path / "x.png"
+    source.write_bytes(png_bytes(size=(150, 50)))
+    plain, with_maps = tmp_path / "plain.png", tmp_path / "maps.png"
+    assert run(capsys, "explain", source, "-o", plain, "--model", release)[0] == 0
+    code, out, err = run(
+        capsys, "explain", source, "-o", with_maps, "--model", release, "--activations"
+    )
+    assert code == 0 and err == "" and f"then the activations of {len(STAGES[encoder])}" in out
+    assert Image.open(with_maps).height > Image.open(plain).height  # a row of stage maps below
+
+    x = torch.rand(1, 1, 40, 100)  # padded to 48 x 112 by the encoder
+    stages = activation_maps(model, x, torch.zeros(1, 40, 100, dtype=torch.bool))
+    assert [name for name, _ in stages] == [name for name, _ in STAGES[encoder]]
+    for (_, m), (_, stride) in zip(stages, STAGES[encoder], strict=True):
+        assert m.shape == (-(-48 // stride), -(-112 // stride)) and (m >= 0).all() and m.max() > 0
+
+
 def test_explain_says_which_input_a_model_reads(capsys, tmp_path, tiny_stroke_release):
     (tmp_path / "x.png").write_bytes(png_bytes())
     argv = ["explain", tmp_path / "x.png", "-o", tmp_path / "e.png", "--model", tiny_stroke_release]
     code, _, err = run(capsys, *argv)
     assert code == 1 and "reads strokes, not image" in err and "Traceback" not in err
+    (tmp_path / "x.inkml").write_text(make_inkml(write(["x", "+", "1"])))
+    argv[1] = tmp_path / "x.inkml"
+    code, _, err = run(capsys, *argv, "--activations")
+    assert code == 1 and "--activations: model tiny-strokes reads strokes" in err
 
 
 # -- curves and the model list ---------------------------------------------------------------
 
 
-def test_curves_plot_a_runs_logs(capsys, tmp_path):
+@pytest.mark.parametrize("layout", ["current", "before loss, WER and CER"])
+def test_curves_plot_a_runs_logs(capsys, tmp_path, layout):
     from hmer.training.train import EVAL_HEADER, LOG_HEADER
 
     (tmp_path / "log.csv").write_text(
         ",".join(LOG_HEADER) + "\n20,0,3.0,1e-4,5.0,0.1\n40,0,2.0,2e-4,5.0,0.2\n"
     )
-    (tmp_path / "eval.csv").write_text(
-        ",".join(EVAL_HEADER) + "\n1,40,0.2,val,10.0,20.0,30.0\n1,40,0.2,test,8.0,15.0,20.0\n"
-    )
+    rows = ["1,40,0.2,val,10.0,20.0,30.0,2.5,60.0,50.0", "2,80,0.4,val,12.0,22.0,32.0,2.0,55,45"]
+    header = EVAL_HEADER
+    if layout != "current":  # a run logged by an older hmer: seven columns
+        header, rows = EVAL_HEADER[:7], [",".join(r.split(",")[:7]) for r in rows]
+    (tmp_path / "eval.csv").write_text("\n".join([",".join(header), *rows]) + "\n")
     code, out, _ = run(capsys, "curves", tmp_path, "-o", tmp_path / "c.png")
     assert code == 0 and out.strip() == str(tmp_path / "c.png")
     img = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"))
-    assert img.shape == (380, 900, 3)
+    assert img.shape == (380, 1320, 3)
     colored = (img.max(2).astype(int) - img.min(2)) > 60  # the plotted series, not black text
-    assert colored[:, :450].any() and colored[:, 450:].any()  # loss panel and ExpRate panel
+    loss, rate, errors = colored[:, :470], colored[:, 470:900], colored[:, 900:]
+    assert loss.any() and rate.any()
+    assert errors.any() == (layout == "current")  # WER/CER only where the log has them
+    blue, orange = np.array(COLORS[0]), np.array(COLORS[1])  # first and second series
+    second_loss = (np.abs(img[:, :470].astype(int) - orange).sum(2) < 30).any()
+    assert second_loss == (layout == "current")  # the val loss beside the training loss
+    assert (np.abs(img[:, :470].astype(int) - blue).sum(2) < 30).any()
 
 
 def test_models_lists_families_and_shipped_weights(capsys):

@@ -7,8 +7,6 @@ downloads a browser here: it drives the system Chromium.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,19 +16,8 @@ import torch
 pytest.importorskip("fastapi")
 from serve_helpers import live_server, png_bytes, tiny_image_recognizer  # noqa: E402
 
+from hmer.data.printed import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from hmer.interfaces.api import create_app  # noqa: E402
-
-CHROMIUM = os.environ.get("HMER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for this machine: no sandbox as root, and no background traffic to a closed network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +26,7 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (run scripts/setup-browser.sh)")
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS))
         yield b
         b.close()
 
@@ -525,3 +512,48 @@ def test_copy_formats_eraser_redo_and_history(browser, server):
         assert problems == [], problems
     finally:
         context.close()
+
+
+def test_which_symbol_mode_lists_five_candidates_rendered(browser, server, tmp_path):
+    from hmer.models.symbols import SymbolCNN
+    from hmer.symbol_classifier import SymbolClassifier
+
+    # Without a symbol classifier the page offers no symbol mode.
+    context, page, problems = open_page(browser, server)
+    try:
+        page.wait_for_function("() => document.getElementById('model-box') !== null")
+        assert not page.locator("#symbol-mode").is_visible()
+    finally:
+        context.close()
+    torch.manual_seed(0)  # untrained: its candidates are arbitrary, the page shows them all
+    classes = ["x", "+", "1", r"\alpha", r"\sqrt", r"\leq"]
+    symbols = SymbolClassifier(SymbolCNN(len(classes), width=4), classes, 16, "tiny-symbols")
+    app = create_app({"tiny": tiny_image_recognizer()}, symbols=symbols)
+    with live_server(app) as url:
+        context, page, problems = open_page(browser, url, viewport={"width": 1100, "height": 800})
+        try:
+            page.wait_for_selector("#symbol-mode", state="visible", timeout=5_000)
+            page.click("#symbol-mode")
+            assert page.get_attribute("#symbol-mode", "aria-pressed") == "true"
+            with page.expect_response(lambda r: r.url.endswith("/v1/symbol")) as answer:
+                draw(page, [[(0.40, 0.30), (0.60, 0.70)], [(0.60, 0.30), (0.40, 0.70)]])
+            assert answer.value.status == 200
+            body = answer.value.json()
+            page.wait_for_function(
+                "() => document.querySelectorAll('#alts button .katex').length === 5",
+                timeout=10_000,
+            )
+            # \sqrt gets an empty argument, to render and to paste as valid LaTeX
+            shown = [c["latex"].replace("\\sqrt", "\\sqrt{}") for c in body["candidates"]]
+            assert page.input_value("#latex") == shown[0]
+            assert "Top candidates" in page.text_content("#alts-title")
+            titles = [b.get_attribute("title") for b in page.locator("#alts button").all()]
+            assert titles == shown
+            page.screenshot(path=str(tmp_path / "hmer-symbol.png"), full_page=True)
+            # Back to expressions: the same drawing is read by the recognizer again.
+            with page.expect_response(lambda r: r.url.endswith("/v1/recognize")):
+                page.click("#symbol-mode")
+            assert page.get_attribute("#symbol-mode", "aria-pressed") == "false"
+            assert problems == [], problems
+        finally:
+            context.close()

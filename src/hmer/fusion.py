@@ -56,6 +56,7 @@ class FusionRecognizer:
     Offers the pen-input calls of a Recognizer (``recognize_ink``, ``recognize_strokes``,
     ``recognize_file`` for ``.inkml``, ``prepare_file``/``recognize_prepared``) with the same
     ``deadline``/``timeout_s`` rules. Results' scores are the fused softmax confidences.
+    ``max_len``, when set, is the most tokens each model writes (``hmer recognize --max-len``).
     """
 
     input_kind = "strokes"  # what it reads: pen input
@@ -68,6 +69,7 @@ class FusionRecognizer:
         name: str | None = None,
         beam: int | None = None,
         timeout_s: float | None = None,
+        max_len: int | None = None,
     ):
         if (image.input_kind, strokes.input_kind) != ROLES:
             raise ValueError("fusion needs an image model and a stroke model, in that order")
@@ -82,6 +84,7 @@ class FusionRecognizer:
         self.vocab = image.vocab
         self.beam = image.beam if beam is None else beam
         self.timeout_s = timeout_s
+        self.max_len = max_len
         self.paths: dict[str, Path] = {}  # the model files, when loaded from files
 
     @classmethod
@@ -168,6 +171,7 @@ class FusionRecognizer:
         """Both models' hypotheses for pen ``traces``, pooled, each scored by both models."""
         beam = self.beam if beam is None else beam
         deadline = deadline_within(deadline, self.timeout_s)
+        limits = {} if self.max_len is None else {"max_len": self.max_len}
         recs = self.recognizers
         inputs = {role: rec.as_batch(rec.prepare_ink(traces)) for role, rec in recs.items()}
         # Both locks, always in this order: a Recognizer shared with other callers holds its own.
@@ -175,7 +179,7 @@ class FusionRecognizer:
             mems, lists = {}, {}
             for role, rec in recs.items():
                 mems[role] = rec.model.encode(*inputs[role])
-                lists[role] = search_lists(rec.model, mems[role], beam, deadline=deadline)
+                lists[role] = search_lists(rec.model, mems[role], beam, deadline=deadline, **limits)
             models = {role: (rec.model, mems[role]) for role, rec in recs.items()}
             return rescore_pool(models, lists, deadline)
 

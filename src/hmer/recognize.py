@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hmer.data.batching import BucketSpec
-from hmer.data.images import prepare_image
+from hmer.data.images import IMAGE_SUFFIXES, prepare_image
 from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
 from hmer.data.latex import detokenize, is_valid, repair
 from hmer.data.render import render_natural
@@ -25,7 +25,6 @@ from hmer.data.vocab import Vocab
 from hmer.decoding import check_deadline, recognize_batch
 from hmer.weights import load_any, weights_for
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 INK_SUFFIXES = {".inkml"}
 # Every input is brought to the sizes training used before the model sees it: images (padding
 # included) fit the largest bucket of hmer.data.batching.BucketSpec, point sequences the longest
@@ -101,7 +100,8 @@ class Recognizer:
 
     Every ``recognize_*`` call takes an optional ``deadline`` (a ``time.monotonic()`` value);
     ``timeout_s`` caps each call's decoding as well. Past either, the call raises
-    :class:`hmer.decoding.DecodingTimeout`.
+    :class:`hmer.decoding.DecodingTimeout`. ``max_len``, when set, is the most tokens an
+    attention model writes (``hmer recognize --max-len``; CTC output is bounded by its frames).
     """
 
     def __init__(
@@ -111,12 +111,14 @@ class Recognizer:
         name: str = "model",
         beam: int = 10,
         timeout_s: float | None = None,
+        max_len: int | None = None,
     ):
         self.model = model.eval()
         self.vocab = vocab
         self.name = name
         self.beam = beam
         self.timeout_s = timeout_s
+        self.max_len = max_len
         self.input_kind = model.input_kind  # hmer.models.base: "image" or "strokes"
         # bf16 kernels are not faster for single-expression decoding; keep fp32 at inference.
         self._lock = threading.Lock()
@@ -181,6 +183,10 @@ class Recognizer:
         """The earlier of the caller's deadline and this recognizer's own ``timeout_s``."""
         return deadline_within(deadline, self.timeout_s)
 
+    def _limits(self) -> dict:
+        """The decoding options this recognizer sets: a user's ``max_len``, else the default."""
+        return {} if self.max_len is None else {"max_len": self.max_len}
+
     def _need(self, kind: str, source: str) -> None:
         if self.input_kind != kind:
             raise ValueError(f"{source}: model {self.name} reads {self.input_kind}, not {kind}")
@@ -191,7 +197,9 @@ class Recognizer:
         deadline = self._deadline(deadline)
         inputs, masks = self.as_batch(x)
         with self._lock, torch.inference_mode():
-            hyps = recognize_batch(self.model, inputs, masks, beam=beam, deadline=deadline)[0]
+            hyps = recognize_batch(
+                self.model, inputs, masks, beam=beam, deadline=deadline, **self._limits()
+            )[0]
         ms = (time.perf_counter() - t0) * 1000
         return self.postprocess(hyps, source, ms)
 
@@ -239,7 +247,9 @@ class Recognizer:
         deadline = self._deadline(deadline)
         x, masks = pad_points(inputs) if self.input_kind == "strokes" else pad_images(inputs)
         with self._lock, torch.inference_mode():
-            hyps = recognize_batch(self.model, x, masks, beam=beam, deadline=deadline)
+            hyps = recognize_batch(
+                self.model, x, masks, beam=beam, deadline=deadline, **self._limits()
+            )
         ms = (time.perf_counter() - t0) * 1000 / len(inputs)
         return [self.postprocess(h, s, ms) for h, s in zip(hyps, sources, strict=True)]
 

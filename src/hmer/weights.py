@@ -111,11 +111,26 @@ def build_model(model_config: dict, vocab: Vocab, state: dict) -> torch.nn.Modul
     return model.eval()
 
 
+def _expression_family(path: str | Path, model_config: dict) -> None:
+    """Refuse weights of a family that is no expression model (the symbol classifier)."""
+    from hmer.models.registry import list_models
+    from hmer.models.symbols import FAMILY
+
+    name = model_config.get("name")
+    if name == FAMILY:
+        raise WeightsError(
+            f"{path}: a symbol classifier, not an expression model: hmer symbol reads with it"
+        )
+    if name not in list_models():
+        raise WeightsError(f"{path}: unknown model family {name!r}")
+
+
 def load_model(path: str | Path) -> tuple[torch.nn.Module, Vocab, dict]:
     """Build the model a release describes and load its weights (eval mode)."""
     state, meta = load_weights(path)
     if not meta["vocab"] or "name" not in meta["config"]:
         raise WeightsError(f"{path}: no model config/vocabulary in the file's metadata")
+    _expression_family(path, meta["config"])
     vocab = Vocab.from_json(meta["vocab"])
     return build_model(meta["config"], vocab, state), vocab, meta
 
@@ -144,9 +159,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, Vocab, dict]:
-    """The model (eval mode) and vocabulary of a training checkpoint, and the checkpoint."""
-    ckpt = load_checkpoint(path)
+def load_checkpoint_model(
+    path: str | Path, ckpt: dict | None = None
+) -> tuple[torch.nn.Module, Vocab, dict]:
+    """The model (eval mode) and vocabulary of a training checkpoint, and the checkpoint
+    (``ckpt``: the checkpoint of ``path``, already loaded)."""
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+    _expression_family(path, ckpt["config"]["model"])
     vocab = Vocab.from_json(ckpt["vocab"])
     return build_model(ckpt["config"]["model"], vocab, ckpt["model"]), vocab, ckpt
 
@@ -169,7 +188,8 @@ def load_any(path: str | Path | None) -> tuple[torch.nn.Module, Vocab, str]:
 
 
 def default_weights(input_kind: str) -> Path:
-    """The shipped default model file for "image" or "strokes" input."""
+    """The shipped default model file for "image" or "strokes" input, or the "symbol"
+    classifier."""
     for name, entry in read_manifest().items():
         if entry.get("default_for") == input_kind:
             return WEIGHTS_DIR / name

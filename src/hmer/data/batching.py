@@ -148,7 +148,8 @@ class EpochBatches(BucketedEpoch):
 
     With ``photo_p`` > 0 that share of the renders also gets photometric changes (thicker or
     thinner strokes, blur, faint ink, lifted background, noise) so that bitmaps drawn by other
-    tools or photographed look like something seen in training.
+    tools or photographed look like something seen in training. Samples that hold an ``image``
+    (a user's bitmaps) are shown as they are, with the same share of photometric changes.
     """
 
     def __init__(
@@ -181,6 +182,9 @@ class EpochBatches(BucketedEpoch):
         )
 
     def bucket_of(self, index: int) -> tuple[int, int]:
+        bitmap = self.samples[index].image
+        if bitmap is not None:
+            return self.spec.bucket(*bitmap.shape)
         p = self._render_plan(index)
         return self.spec.bucket(p.height, p.width)
 
@@ -189,7 +193,9 @@ class EpochBatches(BucketedEpoch):
 
     def image(self, index: int) -> np.ndarray:
         """Sample ``index`` as this epoch shows it to the model: float32, ink about 1, unpadded."""
-        img = draw_plan(self._render_plan(index))
+        img = self.samples[index].image
+        if img is None:
+            img = draw_plan(self._render_plan(index))
         if self.augment and self.photo_p > 0:
             # A stream of its own: the render plan (and so the buckets) stays as it was.
             rng = np.random.default_rng([self.seed, self.epoch, index, 1])

@@ -1,11 +1,12 @@
-"""CROHME datasets: read InkML with its caption tokens, cache them, and list the splits."""
+"""Datasets: CROHME InkML with its caption tokens (cached), and a user's images with a TSV of
+captions."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,19 +14,22 @@ import numpy as np
 from tqdm import tqdm
 
 from hmer.data.files import atomic_open
-from hmer.data.inkml import InkMLError, parse_inkml
+from hmer.data.inkml import Ink, InkMLError, parse_inkml
 
 CACHE_VERSION = 1
 
 
 @dataclass
 class Sample:
-    """One expression: id, pen traces, caption tokens, raw truth."""
+    """One expression: id, pen traces, caption tokens, raw truth; or, for a user's bitmap, no
+    traces and the ``image`` as recognition prepares it (uint8, white ink on black)."""
 
     id: str
     traces: list[np.ndarray]
     tokens: list[str]
     truth: str = ""
+    # (pickles from before it load with the class default; arrays do not compare with ==)
+    image: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -100,6 +104,71 @@ def read_captions(path: str | Path) -> dict[str, list[str]]:
     return rows
 
 
+def caption_tokens(latex: str) -> list[str]:
+    r"""The caption tokens of a user's caption, plain LaTeX (``x^2+\text{if }y``) or
+    space-tokenized (``x ^ { 2 }``): the caption conventions of
+    :func:`hmer.data.latex.normalize_tokens`, keeping the written order of ``^`` and ``_``, so
+    that the CROHME caption lines come back as they are written."""
+    from hmer.data.latex import normalize_tokens
+
+    return normalize_tokens(latex, canonical=False)
+
+
+def _image_beside(folder: Path, key: str) -> Path | None:
+    from hmer.data.images import IMAGE_SUFFIXES
+
+    path = folder / key
+    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        return path
+    for suffix in sorted(IMAGE_SUFFIXES | {s.upper() for s in IMAGE_SUFFIXES}):
+        cand = path.with_name(path.name + suffix)
+        if cand.is_file():
+            return cand
+    return None
+
+
+def read_image_captions(path: str | Path) -> Split:
+    """A user's dataset: ``ID<TAB>LaTeX`` lines (:func:`caption_tokens`) whose ids name images
+    in the TSV's folder (``ID`` itself, or ``ID`` plus an image suffix such as ``.png``).
+
+    Each image is prepared as ``hmer recognize`` prepares it, so a model trains on what it
+    will read. Captions are the training truth: a missing or unreadable image, an empty caption
+    or a malformed line is a ``ValueError`` naming it (the first few of them).
+    """
+    from hmer.data.images import ImageError, prepare_image
+
+    path = Path(path)
+    rows, errors = read_tsv(path, caption_tokens)
+    samples = []
+    for key, tokens in rows.items():
+        image_path = _image_beside(path.parent, key)
+        if image_path is None:
+            errors.append(f"{path}: {key}: no image {key} (or {key}.png, .jpg...) in {path.parent}")
+        elif not tokens:
+            errors.append(f"{path}: {key}: empty caption")
+        else:
+            try:
+                image = prepare_image(image_path, str(image_path))
+            except (ImageError, OSError) as exc:
+                errors.append(str(exc))
+                continue
+            samples.append(Sample(key, [], tokens, image=image))
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise ValueError("; ".join(errors[:3]) + more)
+    return Split(path.stem, samples)
+
+
+def write_tsv(path: str | Path, rows: Iterable[tuple[str, str]]) -> None:
+    """Write ``ID<TAB>text`` lines that :func:`read_tsv` reads back, atomically.
+
+    Tabs and line breaks inside a value would break the format, so they become spaces.
+    """
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for key, value in rows:
+            fh.write(f"{key}\t{' '.join(str(value).split())}\n")
+
+
 def iter_inkml(source: str | Path) -> Iterator[tuple[str, bytes | Exception]]:
     """Yield (file id, raw bytes or the read error) for every InkML in a folder or a .tar.gz."""
     source = Path(source)
@@ -122,6 +191,20 @@ def iter_inkml(source: str | Path) -> Iterator[tuple[str, bytes | Exception]]:
             yield Path(name).stem, data
     else:
         raise FileNotFoundError(f"{source}: not a folder of InkML or a .tar.gz archive")
+
+
+def read_inks(source: str | Path) -> list[tuple[str, Ink]]:
+    """(file id, ink) of every readable InkML of a folder or archive; unreadable files are
+    skipped (:func:`load_split` reports them)."""
+    out = []
+    for stem, data in iter_inkml(source):
+        if isinstance(data, Exception):
+            continue
+        try:
+            out.append((stem, parse_inkml(data, stem)))
+        except InkMLError:
+            continue
+    return out
 
 
 def load_split(

@@ -36,6 +36,8 @@ MAX_COMPONENTS = 1000
 # Formats a user image may be in: decoders for the others (DDS, SPIDER, EPS, FITS...) are never
 # run on untrusted bytes.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+# File names that hold images of those formats (what hmer recognize and a dataset's folder read).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 # Damaged files make Pillow's decoders warn (and go on); the damage is reported to the user as an

@@ -5,7 +5,9 @@ character or command, every sub/superscript and command argument braced, subscri
 superscript, no bare groups, no spacing or font commands, ``<`` rather than ``\\lt``, ``\\limits``
 kept only on ``\\int``. :func:`normalize_tokens` maps a raw InkML truth to those conventions;
 :func:`normalize_prediction` applies the same mapping to model output. Both only rewrite spellings
-that render identically, so they never turn a wrong answer into a right one.
+that render identically, so they never turn a wrong answer into a right one. The structure comes
+from the grammar's one parser (:mod:`hmer.data.latex_tree`): normalization and :func:`repair`
+write its tree back as caption tokens, :func:`validate` is its caption mode.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from hmer.data.latex_tree import ARITY, STRUCTURE, TEXT, Malformed, Node, TooDeep, parse
 
 # Spellings with one caption equivalent (several tokens when a list).
 ALIASES: dict[str, list[str]] = {
@@ -51,25 +55,45 @@ DROPPED = frozenset(
     \middle \rm \it \mathstrut \strut \relax""".split()  # noqa: SIM905
 ) | {"\\ ", "\\\n", "\\\t"}  # backslash + space, newline or tab: a space
 
-# Font / text wrappers whose argument is kept as plain tokens.
-WRAPPERS = frozenset(
-    r"""\mbox \mathrm \text \textrm \textit \mathit \mathnormal \hbox \operatorname""".split()  # noqa: SIM905
-)
+# Words in a formula (\text{if }x>0) keep their command: its argument is one token per
+# character, a space written TEXT_SPACE (LaTeX's unbreakable space). CROHME never uses \text.
+TEXT_SPACE = "~"
 
-# Commands with a fixed number of braced arguments (\sqrt also takes an optional [n]).
-ARITY = {r"\frac": 2, r"\sqrt": 1}
+# Spellings of \frac.
 FRACS = {r"\dfrac": r"\frac", r"\tfrac": r"\frac"}
 
 _RAW_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\\$|\S", re.S)
-SCRIPTS = ("_", "^")
+_ONE_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\S", re.S)
+_TEXT_ARG = re.compile(r"\\text\s*\{([^{}]*)\}")
+_TEXT_PIECE = re.compile(r"\\[A-Za-z]+|\\.|\s+|.", re.S)
 
 
 def tokenize(latex: str) -> list[str]:
     """Split LaTeX into tokens: ``\\command``, ``\\`` plus one symbol, or one character.
 
-    Letters and digits become one token each, as in the captions. Never raises.
+    Letters and digits become one token each, as in the captions; so do the characters of a
+    ``\\text{...}`` argument, where a space is ``~`` (:func:`_text_tokens`). Never raises.
     """
-    return _RAW_TOKEN.findall(latex or "")
+    latex = latex or ""
+    out: list[str] = []
+    pos = 0
+    for m in _TEXT_ARG.finditer(latex):
+        out += _RAW_TOKEN.findall(latex[pos : m.start()])
+        out += [TEXT, "{", *_text_tokens(m.group(1)), "}"]
+        pos = m.end()
+    return out + _RAW_TOKEN.findall(latex[pos:])
+
+
+def _text_tokens(content: str) -> list[str]:
+    """The tokens of a ``\\text`` argument: one per character, ``~`` for a space (a run of
+    white space, ``\\ `` or ``~``). An argument in token form, single tokens between single
+    spaces as :func:`detokenize` writes ``\\text { i f ~ }``, reads back as those tokens."""
+    inner = content[1:-1]
+    tokens = inner.split(" ") if inner else []
+    if content[:1] == content[-1:] == " " and all(_ONE_TOKEN.fullmatch(t) for t in tokens):
+        return tokens
+    pieces = _TEXT_PIECE.findall(content)
+    return [TEXT_SPACE if p.isspace() or p in ("\\ ", "~") else p for p in pieces]
 
 
 def detokenize(tokens: Iterable[str], compact: bool = False) -> str:
@@ -120,149 +144,7 @@ def _map_tokens(tokens: Iterable[str]) -> list[str]:
     return out
 
 
-class _Unbalanced(ValueError):
-    pass
-
-
-class _TooDeep(_Unbalanced):
-    """Nesting beyond MAX_DEPTH: handled without the recursive parser (hostile input)."""
-
-
-# Deeper nesting than any real expression; keeps the recursive parser far from Python's limit.
-MAX_DEPTH = 100
-
-
-@dataclass
-class _Node:
-    kind: str  # "atom", "group", "cmd" or "script"
-    tok: str = ""
-    children: list[_Node] = field(default_factory=list)  # group content
-    args: list[list[_Node]] = field(default_factory=list)  # command arguments
-    opt: list[_Node] | None = None  # the [n] of \sqrt
-    base: _Node | None = None
-    scripts: list[tuple[str, list[_Node]]] = field(default_factory=list)  # ("_" or "^", arg)
-    limits: bool = False
-
-
-class _Parser:
-    r"""Recursive-descent parser over mapped tokens.
-
-    ``strict`` raises :class:`_Unbalanced` on unbalanced braces or missing arguments (used for
-    predictions, which normalization must not repair); otherwise it recovers as best it can and
-    also reads the ``\sqrt{x} ABOVE {n}`` notation of some CROHME 2014 truths.
-    """
-
-    def __init__(self, tokens: list[str], strict: bool):
-        self.toks = tokens
-        self.i = 0
-        self.strict = strict
-        self.depth = 0
-
-    def peek(self, k: int = 0) -> str | None:
-        j = self.i + k
-        return self.toks[j] if j < len(self.toks) else None
-
-    def seq(self, closer: str | None) -> list[_Node]:
-        """Items up to ``closer`` (None: the end), which is consumed."""
-        nodes: list[_Node] = []
-        while True:
-            tok = self.peek()
-            if tok is None:
-                if closer is not None and self.strict:
-                    raise _Unbalanced(f"missing {closer}")
-                return nodes
-            if tok == closer:
-                self.i += 1
-                return nodes
-            if tok == "}":  # stray closing brace
-                if self.strict:
-                    raise _Unbalanced("unmatched }")
-                self.i += 1
-                continue
-            if tok in SCRIPTS or tok == r"\limits":
-                base = nodes.pop() if nodes else None
-                if base is None or base.kind != "script":
-                    base = _Node("script", base=base)
-                nodes.append(self.scripts(base))
-                continue
-            nodes.append(self.item())
-
-    def item(self) -> _Node:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _TooDeep(f"nesting deeper than {MAX_DEPTH}")
-        try:
-            return self._item()
-        finally:
-            self.depth -= 1
-
-    def _item(self) -> _Node:
-        tok = self.toks[self.i]
-        self.i += 1
-        if tok == "{":
-            return _Node("group", children=self.seq("}"))
-        if tok in WRAPPERS:
-            return _Node("group", children=self.argument() or [])
-        if tok in ARITY:
-            node = _Node("cmd", tok)
-            if tok == r"\sqrt" and self.peek() == "[":
-                self.i += 1
-                node.opt = self.seq("]")
-            for _ in range(ARITY[tok]):
-                arg = self.argument()
-                if arg is None:
-                    if self.strict:
-                        raise _Unbalanced(f"{tok} without its argument")
-                    break
-                node.args.append(arg)
-            if tok == r"\sqrt" and not self.strict and self.toks[self.i : self.i + 5] == ABOVE:
-                self.sqrt_above(node)
-            return node
-        return _Node("atom", tok)
-
-    def sqrt_above(self, node: _Node) -> None:
-        """Read the index of ``\\sqrt {x} ABOVE {n}``; "ABOVE .. BELOW" is left alone (garbled)."""
-        start = self.i
-        self.i += 5
-        index = self.argument()
-        if index is None or self.toks[self.i : self.i + 5] == BELOW:
-            self.i = start
-        else:
-            node.opt = index
-
-    def argument(self) -> list[_Node] | None:
-        """One macro argument: a braced group or a single item (None when there is none)."""
-        tok = self.peek()
-        if tok is None or tok in ("}", "]") or tok in SCRIPTS:
-            return None
-        node = self.item()
-        return node.children if node.kind == "group" else [node]
-
-    def scripts(self, node: _Node) -> _Node:
-        """Read the \\limits, ``_`` and ``^`` that follow a base into its script ``node``."""
-        while True:
-            tok = self.peek()
-            if tok == r"\limits":
-                self.i += 1
-                node.limits = True
-                continue
-            if tok not in SCRIPTS:
-                return node
-            self.i += 1
-            arg = self.argument()
-            if arg is None:
-                if self.strict:
-                    raise _Unbalanced(f"{tok} without its argument")
-                arg = []
-            node.scripts.append((tok, arg))
-
-
-STRUCTURE = frozenset({"{", "}", "[", "]", "_", "^", r"\frac", r"\sqrt", r"\limits"})
-ABOVE = list("ABOVE")
-BELOW = list("BELOW")
-
-
-def _base_token(node: _Node | None) -> str | None:
+def _base_token(node: Node | None) -> str | None:
     while node is not None and node.kind == "group" and len(node.children) == 1:
         node = node.children[0]
     return node.tok if node is not None and node.kind == "atom" else None
@@ -274,28 +156,27 @@ class _Style:
     repair: bool = False  # drop what cannot be written well-formed instead of keeping it
 
 
-def _emit(nodes: list[_Node], out: list[str], style: _Style) -> None:
+def _emit(nodes: list[Node], out: list[str], style: _Style) -> None:
     for node in nodes:
         if node.kind == "atom":
-            if not (style.repair and node.tok == r"\limits"):  # a stray \limits
-                out.append(node.tok)
-        elif node.kind == "group":  # bare braces render nothing
+            out.append(node.tok)
+        elif node.kind == "group":  # bare braces and font wrappers render nothing
             _emit(node.children, out, style)
-        elif node.kind == "cmd":
-            _emit_cmd(node, out, style)
-        else:
+        elif node.kind == "scripts":
             _emit_script(node, out, style)
+        else:
+            _emit_cmd(node, out, style)
 
 
-def _emitted(nodes: list[_Node] | None, style: _Style) -> list[str]:
+def _emitted(nodes: list[Node] | None, style: _Style) -> list[str]:
     out: list[str] = []
     _emit(nodes or [], out, style)
     return out
 
 
-def _emit_cmd(node: _Node, out: list[str], style: _Style) -> None:
+def _emit_cmd(node: Node, out: list[str], style: _Style) -> None:
     args = [_emitted(arg, style) for arg in node.args]
-    opt = None if node.opt is None else _emitted(node.opt, style)
+    opt = None if node.index is None else _emitted(node.index, style)
     if style.repair:
         if len(args) < ARITY[node.tok] or not all(args):  # keep the content, drop the command
             out.extend(opt or [])
@@ -310,7 +191,7 @@ def _emit_cmd(node: _Node, out: list[str], style: _Style) -> None:
         out.extend(["{", *arg, "}"])
 
 
-def _emit_script(node: _Node, out: list[str], style: _Style) -> None:
+def _emit_script(node: Node, out: list[str], style: _Style) -> None:
     base = _emitted([node.base], style) if node.base is not None else []
     # An empty script renders nothing: drop it.
     scripts = [(t, a) for t, a in ((t, _emitted(a, style)) for t, a in node.scripts) if a]
@@ -342,10 +223,16 @@ def _is_letter(tok: str) -> bool:
 
 def _words(tokens: list[str]) -> list[str]:
     # Operator names typed as letters ("l o g") are the same ink as \log, and the captions use the
-    # command ("l o g x" is \log x). A run after a letter is left alone: "b l o g".
+    # command ("l o g x" is \log x). A run after a letter is left alone: "b l o g"; and so are
+    # the words of \text{...}.
     out: list[str] = []
     i, n = 0, len(tokens)
     while i < n:
+        if tokens[i] == TEXT and tokens[i + 1 : i + 2] == ["{"]:
+            end = tokens.index("}", i) + 1 if "}" in tokens[i:] else n
+            out.extend(tokens[i:end])
+            i = end
+            continue
         for word, cmd in LETTER_WORDS.items():
             k = len(word)
             if tokens[i : i + k] == list(word) and not (i > 0 and _is_letter(tokens[i - 1])):
@@ -359,7 +246,7 @@ def _words(tokens: list[str]) -> list[str]:
 
 
 def _structure(tokens: list[str], strict: bool, style: _Style) -> list[str]:
-    nodes = _Parser(_words(tokens), strict).seq(None)
+    nodes = parse(_words(tokens), strict)
     out: list[str] = []
     _emit(nodes, out, style)
     return out
@@ -378,7 +265,7 @@ def normalize_tokens(raw: str, canonical: bool = True) -> list[str]:
     mapped = _prepare(tokenize(raw))
     try:
         return _structure(mapped, strict=False, style=_Style(canonical))
-    except _TooDeep:
+    except TooDeep:
         return _words(mapped)
 
 
@@ -393,7 +280,7 @@ def normalize_prediction(tokens: Sequence[str], canonical: bool = True) -> list[
     mapped = _prepare(tokens)
     try:
         return _structure(mapped, strict=True, style=_Style(canonical))
-    except _Unbalanced:
+    except Malformed:
         return _words(mapped)
 
 
@@ -401,18 +288,15 @@ def normalize_well_formed(tokens: Sequence[str], canonical: bool = True) -> list
     """Like :func:`normalize_prediction` for well-formed sequences; others come back as written.
 
     Malformed means what LaTeX itself rejects (unbalanced braces, a script or ``\\frac`` without
-    its argument); ``x^2`` is well-formed and becomes ``x ^ { 2 }``. This is the ``equivalent``
-    scoring convention: the edit distance of a malformed prediction is never changed.
+    its argument, a double superscript: see :mod:`hmer.data.latex_tree`); ``x^2`` is well-formed
+    and becomes ``x ^ { 2 }``. This is the ``equivalent`` scoring convention: the edit distance
+    of a malformed prediction is never changed.
     """
     tokens = [str(t) for t in tokens]
     try:
         return _structure(_prepare(tokens), strict=True, style=_Style(canonical))
-    except _Unbalanced:
+    except Malformed:
         return tokens
-
-
-class _Invalid(ValueError):
-    pass
 
 
 def validate(tokens: Sequence[str]) -> str | None:
@@ -421,81 +305,12 @@ def validate(tokens: Sequence[str]) -> str | None:
     Well-formed: balanced braces; ``^``/``_`` after a base, with a non-empty braced argument, at
     most one of each per base; ``\frac`` followed by two non-empty groups; ``\sqrt`` by an
     optional non-empty ``[...]`` and a non-empty group; ``\limits`` right after ``\int``,
-    ``\sum`` or ``\lim`` and before a script. Unknown tokens count as plain symbols.
+    ``\sum`` or ``\lim`` and before a script; a font wrapper (``\mathrm``) with a non-empty
+    group too. Unknown tokens count as plain symbols.
     """
-    toks = [str(t) for t in tokens]
-    pos = 0
-    depth = 0
-
-    def group(what: str) -> None:
-        nonlocal pos
-        if pos >= len(toks) or toks[pos] != "{":
-            raise _Invalid(f"{what} without a {{group}} at {pos}")
-        pos += 1
-        if seq("}") == 0:
-            raise _Invalid(f"{what} with an empty group at {pos - 1}")
-
-    def seq(closer: str | None) -> int:
-        nonlocal pos, depth
-        depth += 1
-        if depth > MAX_DEPTH:
-            raise _Invalid(f"nesting deeper than {MAX_DEPTH}")
-        try:
-            return _seq(closer)
-        finally:
-            depth -= 1
-
-    def _seq(closer: str | None) -> int:
-        nonlocal pos
-        items = 0
-        base: str | None = None  # the token that scripts would attach to, None when no base
-        seen: set[str] = set()
-        while True:
-            tok = toks[pos] if pos < len(toks) else None
-            if tok is None:
-                if closer is not None:
-                    raise _Invalid(f"missing {closer} at end")
-                return items
-            if tok == closer:
-                pos += 1
-                return items
-            if tok == "}":
-                raise _Invalid(f"unmatched }} at {pos}")
-            if tok in SCRIPTS:
-                if base is None:
-                    raise _Invalid(f"{tok} without a base at {pos}")
-                if tok in seen:
-                    raise _Invalid(f"double {tok} at {pos}")
-                seen.add(tok)
-                pos += 1
-                group(tok)
-                continue
-            if tok == r"\limits":
-                if base not in (r"\int", r"\sum", r"\lim") or seen:
-                    raise _Invalid(f"\\limits not after an operator at {pos}")
-                if pos + 1 >= len(toks) or toks[pos + 1] not in SCRIPTS:
-                    raise _Invalid(f"\\limits without a script at {pos}")
-                pos += 1
-                continue
-            items += 1
-            seen = set()
-            base = tok
-            pos += 1
-            if tok == r"\frac":
-                group(tok)
-                group(tok)
-            elif tok == r"\sqrt":
-                if pos < len(toks) and toks[pos] == "[":
-                    pos += 1
-                    if seq("]") == 0:
-                        raise _Invalid(f"\\sqrt with an empty [] at {pos - 1}")
-                group(tok)
-            elif tok == "{":
-                seq("}")
-
     try:
-        seq(None)
-    except _Invalid as exc:
+        parse(tokens, caption=True)
+    except Malformed as exc:
         return str(exc)
     return None
 
@@ -514,7 +329,7 @@ def repair(tokens: Sequence[str]) -> list[str]:
     mapped = _prepare(tokens)
     try:
         return _structure(mapped, strict=False, style=_Style(repair=True))
-    except _TooDeep:  # flatten: without structure tokens nothing can be malformed
+    except TooDeep:  # flatten: without structure tokens nothing can be malformed
         return [t for t in _words(mapped) if t not in STRUCTURE]
 
 

@@ -4,6 +4,9 @@ Attention models (:class:`~hmer.models.base.Seq2SeqModel`) decode greedily, then
 decoder's attention over the memory at each step, the end token included. CTC models have no
 attention: their explanation is the alignment, the frames that emitted each token (with their
 probabilities), spread over the feature columns those frames were read from.
+
+:func:`activation_maps` shows, for any image family, how strongly each stage of the CNN encoder
+responds across the image (``hmer explain --activations``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import numpy as np
 import torch
 
 from hmer.decoding.search import greedy
-from hmer.models.base import CTCModel, Seq2SeqModel
-from hmer.models.encoders import STRIDE
+from hmer.models.base import CTCModel, ImageEncoder, Seq2SeqModel
+from hmer.models.encoders import STRIDE, pad_to_stride
 
 
 @dataclass
@@ -69,3 +72,31 @@ def _alignment(model: CTCModel, inputs: torch.Tensor, masks: torch.Tensor) -> Ex
         maps[-1][:, min(w - 1, t // per_column)] += float(best_lp[t].exp())
     stacked = np.stack(maps) if maps else np.zeros((0, h, w), np.float32)
     return Explanation(ids, stacked, "alignment")
+
+
+@torch.no_grad()
+def activation_maps(
+    model: Seq2SeqModel | CTCModel, inputs: torch.Tensor, masks: torch.Tensor
+) -> list[tuple[str, np.ndarray]]:
+    """(stage name, (h, w) map) for each stage of an image model's CNN encoder, shallow first:
+    the mean absolute activation over the stage's channels, for ONE input (batch of 1), padded
+    to the encoder's stride as every family pads it."""
+    if model.input_kind != "image":
+        raise ValueError(f"activation maps are for image models; this one reads {model.input_kind}")
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError("activation maps need the PyTorch model (a release or a checkpoint)")
+    if inputs.shape[0] != 1:
+        raise ValueError("explain reads one input at a time")
+    encoder: ImageEncoder = model.encoder
+    images, _ = pad_to_stride(inputs, masks)
+    seen: list[tuple[str, torch.Tensor]] = []
+    hooks = [
+        module.register_forward_hook(lambda _m, _in, out, name=name: seen.append((name, out)))
+        for name, module in encoder.named_stages()
+    ]
+    try:
+        encoder(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [(name, out[0].float().abs().mean(0).cpu().numpy()) for name, out in seen]

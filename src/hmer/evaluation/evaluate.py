@@ -1,7 +1,8 @@
 """The one evaluation path, used by training, ``hmer evaluate`` and the benchmarks.
 
 A sample goes the way a user's input goes: its ink becomes the model's input as ``hmer recognize``
-makes it (a render, or point features for a stroke model; or a bitmap another tool drew), is
+makes it (a render, or point features for a stroke model; or a bitmap another tool drew; a
+user's image sample is already prepared as ``hmer recognize`` prepares its file), is
 decoded by :func:`hmer.decoding.recognize_batch`, gets the Recognizer's post-processing (the best
 valid LaTeX, repaired when no hypothesis is valid), and is scored by
 :func:`hmer.evaluation.metrics.score` (exact tokens by default: the field's convention).
@@ -52,6 +53,15 @@ class Evaluation:
         return round(float(np.percentile(list(self.ms.values()), q)), 1) if self.ms else 0.0
 
 
+def _model_input(recognizer: Recognizer, sample: Sample) -> np.ndarray:
+    """The model input of ``sample``: its prepared image, or its ink made the recognizer's way."""
+    if sample.image is None:
+        return recognizer.prepare_ink(sample.traces)
+    if recognizer.input_kind != "image":
+        raise ValueError(f"{sample.id}: an image, and model {recognizer.name} reads pen strokes")
+    return sample.image
+
+
 def _scored(samples: Sequence[Sample], preds: dict, ms: dict, normalize: str) -> Evaluation:
     truths = {s.id: list(s.tokens) for s in samples}
     return Evaluation(score(preds, truths, normalize=normalize), preds, truths, ms)
@@ -75,7 +85,9 @@ def evaluate(
     for s in samples:
         bitmap = None if draw is None else draw(s)  # made before the clock starts
         t0 = time.perf_counter()
-        if bitmap is None:
+        if s.image is not None and bitmap is None:
+            result = recognizer.recognize_prepared([_model_input(recognizer, s)], [s.id], beam)[0]
+        elif bitmap is None:
             result = recognizer.recognize_ink(Ink(s.traces, source=s.id), beam=beam)
         else:
             result = recognizer.recognize_image(bitmap, s.id, beam=beam)
@@ -101,7 +113,7 @@ def evaluate_batched(
     spec = spec or BucketSpec()
     strokes = recognizer.input_kind == "strokes"
     stroke_spec = StrokeSpec.from_bucket_spec(spec)
-    inputs = {s.id: recognizer.prepare_ink(s.traces) for s in samples}
+    inputs = {s.id: _model_input(recognizer, s) for s in samples}
     buckets: dict[object, list[str]] = {}
     for s in samples:  # sample order within each bucket, as an unshuffled training epoch
         x = inputs[s.id]

@@ -53,30 +53,42 @@ def _panel(
         draw.text((x0 + 8, y0 + 6 + 12 * k), name, fill=color)
 
 
+def _number(cell: str | None) -> float | None:
+    # eval.csv rows of runs from before loss, WER and CER were logged have no such cells
+    return float(cell) if cell not in (None, "") else None
+
+
 def training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Plot a run's loss (log.csv) and ExpRate per split (eval.csv) against CPU-hours to PNG."""
+    """Plot a run's losses (log.csv, and eval.csv's per split), ExpRate per split, and WER and
+    CER per split (eval.csv) against CPU-hours to PNG."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "curves.png"
-    loss, rates = [], {}
+    losses: dict[str, list] = {"train loss": []}
+    rates: dict[str, list] = {}
+    errors: dict[str, list] = {}
     if (run_dir / "log.csv").exists():
         with open(run_dir / "log.csv", newline="") as fh:
-            loss = [(float(r["cpu_hours"]), float(r["loss"])) for r in csv.DictReader(fh)]
+            losses["train loss"] = [
+                (float(r["cpu_hours"]), float(r["loss"])) for r in csv.DictReader(fh)
+            ]
     if (run_dir / "eval.csv").exists():
         with open(run_dir / "eval.csv", newline="") as fh:
             for r in csv.DictReader(fh):
-                rates.setdefault(r["split"], []).append(
-                    (float(r["cpu_hours"]), float(r["exprate"]))
-                )
-    img = Image.new("RGB", (900, 380), "white")
+                x, split = float(r["cpu_hours"]), r["split"]
+                rates.setdefault(f"{split} ExpRate %", []).append((x, float(r["exprate"])))
+                for key, series, name in [
+                    ("loss", losses, f"{split} loss"),
+                    ("wer", errors, f"{split} WER %"),
+                    ("cer", errors, f"{split} CER %"),
+                ]:
+                    value = _number(r.get(key))
+                    if value is not None:
+                        series.setdefault(name, []).append((x, value))
+    img = Image.new("RGB", (1320, 380), "white")
     draw = ImageDraw.Draw(img)
-    _panel(draw, (60, 30, 430, 330), {"train loss": loss}, "training loss", "CPU-hours")
-    _panel(
-        draw,
-        (510, 30, 880, 330),
-        {f"{k} ExpRate %": v for k, v in rates.items()},
-        "ExpRate (greedy)",
-        "CPU-hours",
-    )
+    _panel(draw, (60, 30, 430, 330), losses, "loss", "CPU-hours")
+    _panel(draw, (500, 30, 870, 330), rates, "ExpRate (greedy)", "CPU-hours")
+    _panel(draw, (940, 30, 1310, 330), errors, "WER and CER (greedy)", "CPU-hours")
     img.save(out)
     return out
 
@@ -102,6 +114,17 @@ def attention_grid(
     for i, c in enumerate(cells):
         grid.paste(c, ((i % columns) * (w + 4), (i // columns) * (h + 20)))
     return grid
+
+
+def stack(images: list[Image.Image], gap: int = 8) -> Image.Image:
+    """Images one below the other on white, left-aligned."""
+    height = sum(i.height for i in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (max(i.width for i in images), height), "white")
+    top = 0
+    for i in images:
+        out.paste(i, (0, top))
+        top += i.height + gap
+    return out
 
 
 def stroke_attention_images(

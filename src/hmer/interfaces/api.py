@@ -1,7 +1,8 @@
 """HTTP API and web page: ``create_app()`` builds the FastAPI application that ``hmer serve`` runs.
 
 Routes: ``POST /v1/recognize`` (an image or an InkML file as multipart ``file`` or as a raw
-``image/*`` / ``application/inkml+xml`` body, or pen strokes as JSON), ``GET /v1/models``,
+``image/*`` / ``application/inkml+xml`` body, or pen strokes as JSON), ``POST /v1/symbol`` (the
+same inputs, one symbol: its top LaTeX candidates), ``GET /v1/models``,
 ``GET /healthz``, the drawing page at ``/`` and offline OpenAPI docs at ``/docs``. Every error is a
 JSON object ``{"detail": message, "code": code}``; nothing about the server's internals is ever
 sent to a client. The handlers are module-level; ``create_app`` wires them to one app's
@@ -56,6 +57,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 VENDOR = "/static/vendor"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 INKML_TYPES = ("application/inkml+xml", "application/xml", "text/xml")
+MAX_TOP = 20  # candidates /v1/symbol returns at most
 STYLE_HELP = (
     "Output: 'latex' compact, x^{2} (default); 'tokens' the token form, x ^ { 2 }; "
     "'mathml' presentation MathML"
@@ -120,6 +122,27 @@ class RecognizeResponse(BaseModel):
     total_ms: float = Field(..., description="server time for the request in milliseconds")
 
 
+class SymbolRequest(BaseModel):
+    """Pen strokes of one symbol, as for /v1/recognize, and how many candidates to return."""
+
+    strokes: list[list[list[float]]] = Field(
+        ..., examples=[[[[0, 0], [10, 10]], [[10, 0], [0, 10]]]]
+    )
+    top: int | None = Field(None, ge=1, le=MAX_TOP, description="how many candidates (5)")
+
+
+class SymbolCandidate(BaseModel):
+    latex: str = Field(..., description="a LaTeX command or character, as the captions write it")
+    score: float = Field(..., description="confidence in (0, 1]")
+
+
+class SymbolResponse(BaseModel):
+    candidates: list[SymbolCandidate] = Field(..., description="most likely first")
+    model: str
+    time_ms: float = Field(..., description="classifier time in milliseconds")
+    total_ms: float = Field(..., description="server time for the request in milliseconds")
+
+
 class ErrorResponse(BaseModel):
     detail: str
     code: str
@@ -139,6 +162,7 @@ class ModelsResponse(BaseModel):
         ..., description="what reads pen input on each route (null: not available here)"
     )
     ink_route: str = Field(..., description="the route pen input takes when none is asked for")
+    symbol_model: str | None = Field(None, description="the classifier of /v1/symbol, if any")
 
 
 # -- request body size limit ----------------------------------------------------------------------
@@ -314,6 +338,17 @@ def load_default_recognizers() -> dict:
     return recs
 
 
+def load_default_symbols() -> Any:
+    """The shipped symbol classifier, or None when none is shipped."""
+    from hmer.symbol_classifier import SymbolClassifier
+    from hmer.weights import WeightsError
+
+    try:
+        return SymbolClassifier.load()
+    except WeightsError:
+        return None
+
+
 def _defaults(recognizers: dict) -> dict[str, str | None]:
     """Which model reads uploads ("image") and which reads drawn strokes ("strokes"): for each
     input kind, the first loaded model of the kind :data:`hmer.weights.READERS` prefers (without
@@ -329,8 +364,8 @@ def _defaults(recognizers: dict) -> dict[str, str | None]:
 
 # -- what the handlers share --------------------------------------------------------------------
 class ServiceState:
-    """One application's models, the default model for each input kind, its limits, the gate in
-    front of its workers and the deadlines of its running work.
+    """One application's models (and symbol classifier), the default model for each input kind,
+    its limits, the gate in front of its workers and the deadlines of its running work.
 
     Handlers find it as ``request.app.state.service``.
     """
@@ -342,8 +377,10 @@ class ServiceState:
         limits: Limits,
         fusion: Any = None,
         ink_route: str | None = None,
+        symbols: Any = None,
     ):
         self.recognizers = recognizers
+        self.symbols = symbols  # the SymbolClassifier of /v1/symbol, or None
         self.defaults = defaults
         self.limits = limits
         self.fusion = fusion  # a hmer.fusion.FusionRecognizer over two of the recognizers
@@ -585,6 +622,7 @@ async def models(request: Request) -> dict:
         "default": default,
         "routes": state.routes,
         "ink_route": state.default_route(),
+        "symbol_model": state.symbols.name if state.symbols is not None else None,
     }
 
 
@@ -648,6 +686,35 @@ _RECOGNIZE_ROUTE: dict[str, Any] = {
 }
 
 
+_SYMBOL_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "top": {"type": "integer", "minimum": 1, "maximum": MAX_TOP},
+                    },
+                }
+            },
+            "application/json": {"schema": SymbolRequest.model_json_schema()},
+            "application/inkml+xml": {"schema": {"type": "string"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_SYMBOL_ROUTE: dict[str, Any] = {
+    "methods": ["POST"],
+    "response_model": SymbolResponse,
+    "tags": ["recognition"],
+    "openapi_extra": _SYMBOL_BODY,
+    "responses": {s: {"model": ErrorResponse} for s in (400, 403, 413, 415, 422, 500, 503)},
+}
+
+
 def _beam_query(max_beam: int | None = None) -> Any:
     return Query(None, ge=1, le=max_beam, description="beam width")
 
@@ -667,18 +734,9 @@ async def recognize(
     state = _state(request)
     if state.gate.full():  # refused before the body is even read
         raise _busy()
-    try:
-        result, style_ = await _recognize(state, request, model, beam, style, route)
-    except (ApiError, StarletteHTTPException, RequestValidationError, _BodyTooLarge):
-        raise
-    except ClientDisconnect as exc:  # hung up while sending: nobody reads the answer
-        raise ApiError(400, "client_disconnected", "the client disconnected") from exc
-    except (ImageError, InkMLError) as exc:
-        raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
-    except Exception as exc:  # noqa: BLE001
-        # Answered here, not by the generic handler, which would also drop the connection.
-        log.error("internal error on POST /v1/recognize", exc_info=exc)
-        raise ApiError(500, "internal_error", "internal server error") from exc
+    result, style_ = await _answer(
+        "/v1/recognize", lambda: _recognize(state, request, model, beam, style, route)
+    )
     alts = [{"latex": a.latex_as(style_), "score": a.score} for a in result.alternatives]
     return {
         "latex": result.latex_as(style_),
@@ -712,6 +770,68 @@ def _with_max_beam(endpoint: Callable, max_beam: int) -> Callable:
     return capped
 
 
+@dataclass
+class _Upload:
+    """A request's input as read off the wire: JSON, InkML or image bytes, and form fields."""
+
+    kind: str  # "json", "inkml" or "image"
+    data: bytes
+    source: str  # a client-side name for messages
+    fields: Any  # the multipart form (model, beam, style, top...), else an empty dict
+
+
+async def _read_upload(request: Request, limits: Limits) -> _Upload:
+    """Read a request's body by its content type (the forms /v1/recognize and /v1/symbol take).
+
+    JSON is only read here, and checked for its point count before any parsing: the caller
+    parses it off the event loop.
+    """
+    mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if mtype == "application/json" or mtype.endswith("+json"):
+        body = await _read_body(request, limits.max_json_bytes)
+        # Each point is a list: count them before any parsing work grows with them.
+        if body.count(b"[") > limits.max_points + limits.max_strokes + 1:
+            raise ApiError(
+                422, "too_many_points", f"too many points: more than {limits.max_points}"
+            )
+        return _Upload("json", body, "strokes", {})
+    if mtype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
+        data = await upload.read()
+        kind = "inkml" if _is_inkml(data, upload.filename, upload.content_type) else "image"
+        return _Upload(kind, data, upload.filename or "upload", form)
+    if mtype in INKML_TYPES or mtype.startswith(IMAGE_TYPES):
+        data = await request.body()
+        if mtype in INKML_TYPES or (mtype == "application/octet-stream" and _is_inkml(data)):
+            return _Upload("inkml", data, "upload.inkml", {})
+        return _Upload("image", data, "upload", {})
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "send multipart/form-data with a 'file', an image/* or application/inkml+xml "
+        "body, or application/json strokes",
+    )
+
+
+async def _answer(path: str, work: Callable[[], Any]) -> Any:
+    """Await ``work()``, turning bad input into 422 and anything unexpected into a logged 500."""
+    try:
+        return await work()
+    except (ApiError, StarletteHTTPException, RequestValidationError, _BodyTooLarge):
+        raise
+    except ClientDisconnect as exc:  # hung up while sending: nobody reads the answer
+        raise ApiError(400, "client_disconnected", "the client disconnected") from exc
+    except (ImageError, InkMLError) as exc:
+        raise ApiError(422, "bad_input", _client_message(str(exc))) from exc
+    except Exception as exc:  # noqa: BLE001
+        # Answered here, not by the generic handler, which would also drop the connection.
+        log.error("internal error on POST %s", path, exc_info=exc)
+        raise ApiError(500, "internal_error", "internal server error") from exc
+
+
 async def _recognize(
     state: ServiceState,
     request: Request,
@@ -722,18 +842,12 @@ async def _recognize(
 ) -> tuple[Any, str]:
     """Read the request by its content type and run its recognition: (result, style)."""
     limits = state.limits
-    mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if mtype == "application/json" or mtype.endswith("+json"):
-        body = await _read_body(request, limits.max_json_bytes)
-        # Each point is a list: count them before any parsing work grows with them.
-        if body.count(b"[") > limits.max_points + limits.max_strokes + 1:
-            raise ApiError(
-                422, "too_many_points", f"too many points: more than {limits.max_points}"
-            )
+    upload = await _read_upload(request, limits)
+    if upload.kind == "json":
 
         def work(deadline: CancellableDeadline):
             # Parsed and checked in the worker, off the event loop.
-            payload = _load_json(body)
+            payload = _load_json(upload.data)
             name = _str_field(payload.get("model", model), "model")
             way = _str_field(payload.get("route", route), "route")
             width = _beam(payload.get("beam", beam), limits)
@@ -744,36 +858,57 @@ async def _recognize(
             return rec.recognize_strokes(traces, width, deadline=deadline), chosen_style
 
         return await state.run(request, work)
-    if mtype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(422, "missing_file", "multipart body needs a file field 'file'")
-        data = await upload.read()
-        name = _str_field(form.get("model", model), "model")
-        way = _str_field(form.get("route", route), "route")
-        width = _beam(form.get("beam", beam), limits)
-        chosen_style = _style(form.get("style", style))
-        source = upload.filename or "upload"
-        if _is_inkml(data, upload.filename, upload.content_type):
-            work = state.inkml_work(state.pick(name, "strokes", way), data, source, width)
-        else:
-            work = state.image_work(state.pick(name, "image", way), data, source, width)
-    elif mtype in INKML_TYPES or mtype.startswith(IMAGE_TYPES):
-        data = await request.body()
-        chosen_style = _style(style)
-        if mtype in INKML_TYPES or (mtype == "application/octet-stream" and _is_inkml(data)):
-            work = state.inkml_work(state.pick(model, "strokes", route), data, "upload.inkml", beam)
-        else:
-            work = state.image_work(state.pick(model, "image", route), data, "upload", beam)
+    fields = upload.fields
+    name = _str_field(fields.get("model", model), "model")
+    way = _str_field(fields.get("route", route), "route")
+    width = _beam(fields.get("beam", beam), limits)
+    chosen_style = _style(fields.get("style", style))
+    if upload.kind == "inkml":
+        work = state.inkml_work(state.pick(name, "strokes", way), upload.data, upload.source, width)
     else:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            "send multipart/form-data with a 'file', an image/* or application/inkml+xml "
-            "body, or application/json strokes",
-        )
+        work = state.image_work(state.pick(name, "image", way), upload.data, upload.source, width)
     return await state.run(request, work), chosen_style
+
+
+async def classify_symbol(
+    request: Request,
+    top: int | None = Query(None, ge=1, le=MAX_TOP, description="how many candidates (5)"),
+) -> dict:
+    """Which symbol is this? The most likely LaTeX commands, with confidences, for one
+    handwritten symbol: pen strokes (JSON ``{"strokes": [...], "top": 5}``), an InkML file (all
+    its ink is the symbol) or an image, sent as for ``/v1/recognize``."""
+    t0 = time.perf_counter()
+    state = _state(request)
+    if state.gate.full():  # refused before the body is even read
+        raise _busy()
+    classifier = state.symbols
+    if classifier is None:
+        raise ApiError(422, "no_model", "no symbol classifier is loaded")
+    limits = state.limits
+
+    async def read_and_run():
+        upload = await _read_upload(request, limits)
+        fields = upload.fields
+
+        def work(deadline: CancellableDeadline):
+            if upload.kind == "json":  # parsed and checked in the worker, off the event loop
+                payload = _load_json(upload.data)
+                k = _top(payload.get("top", top))
+                traces = parse_strokes(payload.get("strokes"), limits)
+            elif upload.kind == "inkml":
+                k = _top(fields.get("top", top))
+                traces = parse_inkml(upload.data, upload.source).traces
+            else:
+                k = _top(fields.get("top", top))
+                check_pixels(upload.data, limits)
+                return classifier.classify_image(upload.data, upload.source, k)
+            state.check_ink(classifier, traces)
+            return classifier.classify_traces([np.asarray(t, np.float32) for t in traces], k)
+
+        return await state.run(request, work)
+
+    result = await _answer("/v1/symbol", read_and_run)
+    return {**result.to_dict(), "total_ms": round((time.perf_counter() - t0) * 1000, 1)}
 
 
 # -- app ----------------------------------------------------------------------------------------
@@ -783,6 +918,7 @@ def create_app(
     defaults: dict[str, str | None] | None = None,
     allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS,
     ink_route: str | None = None,
+    symbols: Any = None,
 ) -> FastAPI:
     """Build the application.
 
@@ -794,9 +930,14 @@ def create_app(
     With an image and a stroke model among them, pen input can also take the "fusion" route
     (:class:`hmer.fusion.FusionRecognizer`, with the shipped fusion parameters); ``ink_route``
     ("image", "strokes", "fusion") makes a route the default for pen input.
+    ``symbols`` is the :class:`hmer.symbol_classifier.SymbolClassifier` of ``/v1/symbol``
+    (default: the shipped one when the recognizers are the shipped ones too; none: the route
+    answers 422 ``no_model``).
     ``app.state.stop_work()`` calls off all running work and refuses new work (shutdown).
     """
     limits = limits or Limits()
+    if recognizers is None and symbols is None:
+        symbols = load_default_symbols()
     recs = dict(recognizers) if recognizers is not None else load_default_recognizers()
     if not recs:
         raise ValueError("create_app needs at least one recognizer")
@@ -812,7 +953,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    service = ServiceState(recs, chosen, limits, _fusion_of(recs, chosen), ink_route)
+    service = ServiceState(recs, chosen, limits, _fusion_of(recs, chosen), ink_route, symbols)
     app.state.service = service
     app.state.recognizers = recs
     app.state.defaults = chosen
@@ -826,6 +967,7 @@ def create_app(
     app.add_api_route(
         "/v1/recognize", _with_max_beam(recognize, limits.max_beam), **_RECOGNIZE_ROUTE
     )
+    app.add_api_route("/v1/symbol", classify_symbol, **_SYMBOL_ROUTE)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -882,6 +1024,20 @@ def _load_json(body: bytes) -> dict:
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_strokes", 'expected a JSON object like {"strokes": [...]}')
     return payload
+
+
+def _top(value: Any) -> int:
+    """How many symbol candidates: 5 unless given, an integer from 1 to ``MAX_TOP``."""
+    if value is None:
+        return 5
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TOP:
+        raise ApiError(422, "bad_top", f"'top' must be an integer from 1 to {MAX_TOP}")
+    return value
 
 
 def _style(value: Any) -> str:

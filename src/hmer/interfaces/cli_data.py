@@ -1,4 +1,5 @@
-"""``hmer data ...`` (prepare, stats, render, augment-grid, check-normalization) and ``hmer score``.
+"""``hmer data ...`` (prepare, stats, vocab, render, render-latex, augment-grid,
+check-normalization) and ``hmer score``.
 
 Every command reports bad input as one line naming the file on stderr, goes on with the rest of a
 batch, and exits non-zero when anything failed. ``HMER_DEBUG=1`` shows tracebacks instead. The
@@ -33,6 +34,7 @@ from hmer.data.dataset import (
     split_source,
 )
 from hmer.data.files import WriteError, save_png
+from hmer.data.printed import FONTS, PADDINGS, SIZES
 from hmer.evaluation.metrics import NORMALIZATIONS
 
 EXIT_FAILED = 1
@@ -105,6 +107,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=0, help="show only the N most frequent tokens")
     p.set_defaults(func=_guarded(cmd_stats))
 
+    p = dsub.add_parser(
+        "vocab",
+        help="build a vocabulary (JSON token list) from caption files",
+        description="Read ID<TAB>LaTeX caption files (plain LaTeX or space-tokenized; "
+        r"\text{...} keeps one token per character, ~ for a space) and write the tokens they use, "
+        "most frequent first, as the JSON list that hmer train --vocab and a config's vocab take.",
+    )
+    p.add_argument("captions", nargs="+", type=Path, metavar="CAPTIONS.tsv")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="VOCAB.json")
+    p.add_argument(
+        "--min-count", type=int, default=1, help="leave out tokens seen fewer times (default 1)"
+    )
+    p.set_defaults(func=_guarded(cmd_vocab))
+
     p = dsub.add_parser("render", help="render InkML files to PNG (white ink on black)")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE.inkml")
     p.add_argument(
@@ -162,6 +178,59 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exit non-zero when a split is below PCT percent",
     )
     p.set_defaults(func=_guarded(cmd_check_normalization))
+
+    p = dsub.add_parser(
+        "render-latex",
+        help="typeset LaTeX formulas as printed PNGs (KaTeX in headless Chromium)",
+        description="Typeset each formula of CAPTIONS (ID<TAB>space-separated LaTeX tokens, as "
+        "the CROHME caption files) with KaTeX in headless Chromium, in a font, size and padding "
+        "drawn per formula from --seed: the default math italic or \\mathrm, \\mathit, "
+        "\\mathbf, \\mathsf, \\mathtt; 16-50 px; 0-15 px (the range of Springstein et "
+        "al.'s GAN paper). Writes DIR/ID.png (dark ink on white), DIR/captions.tsv (ID<TAB>"
+        "tokens of those rendered, a caption file that hmer score and the caption reader take) "
+        "and DIR/styles.tsv (ID<TAB>font size padding). KaTeX was measured against matplotlib's "
+        "mathtext (benchmarks/printed_renderers.py): it renders all 8,835 CROHME training "
+        "captions (mathtext 98.4%: no \\limits) and 96.9% of 2,000 im2latex formulas "
+        "(mathtext 84.5%), at least as fast, and is already vendored for the web page. Needs "
+        "Chromium and Playwright: scripts/setup-browser.sh. A formula that fails gets one error "
+        "line; the others go on.",
+    )
+    p.add_argument("captions", type=Path, metavar="CAPTIONS")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    p.add_argument(
+        "--lines",
+        action="store_true",
+        help="CAPTIONS holds one formula a line without ids (im2latex files): ids NAME-LINE",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the style draws (default 0)")
+    p.add_argument(
+        "--fonts",
+        nargs="+",
+        choices=FONTS,
+        default=list(FONTS),
+        metavar="FONT",
+        help=f"fonts to draw from (default all: {' '.join(FONTS)})",
+    )
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs=2,
+        default=list(SIZES),
+        metavar=("LO", "HI"),
+        help="font sizes in px, inclusive (default %(default)s)",
+    )
+    p.add_argument(
+        "--paddings",
+        type=int,
+        nargs=2,
+        default=list(PADDINGS),
+        metavar=("LO", "HI"),
+        help="white margins in px, inclusive (default %(default)s)",
+    )
+    p.add_argument("--limit", type=int, default=0, help="only the first N formulas")
+    p.add_argument("--batch", type=int, default=64, help="formulas typeset per page")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_guarded(cmd_render_latex))
 
     p = sub.add_parser(
         "score",
@@ -280,6 +349,45 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# vocab
+
+
+def cmd_vocab(args: argparse.Namespace) -> int:
+    from hmer.data.dataset import caption_tokens, read_tsv
+    from hmer.data.files import atomic_open
+    from hmer.data.vocab import SPECIALS
+
+    if args.min_count < 1:
+        _err("--min-count must be at least 1")
+        return 2
+    counts: Counter = Counter()
+    failed = n = 0
+    for path in args.captions:
+        rows, errors = read_tsv(path, caption_tokens)
+        for msg in errors:
+            _err(msg)
+        failed += len(errors)
+        n += len(rows)
+        for tokens in rows.values():
+            counts.update(tokens)
+    if failed:
+        _err(f"{failed} problems in the caption files: no vocabulary written")
+        return EXIT_FAILED
+    reserved = [t for t in counts if t in SPECIALS]
+    if reserved:
+        _err(f"captions use reserved tokens {', '.join(reserved)}")
+        return EXIT_FAILED
+    kept = [t for t, c in counts.items() if c >= args.min_count]
+    kept.sort(key=lambda t: (-counts[t], t))
+    with atomic_open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(kept, ensure_ascii=False) + "\n")
+    left = len(counts) - len(kept)
+    note = f", {left} seen fewer than {args.min_count} times left out" if left else ""
+    print(f"wrote {args.output}: {len(kept)} tokens from {n} captions{note}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # render
 
 
@@ -384,6 +492,62 @@ def cmd_check_normalization(args: argparse.Namespace) -> int:
             _err(f"split {name}: {report.percent:.2f}% is below --min {args.min}")
             failed += 1
     return EXIT_FAILED if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# render-latex
+
+
+def _read_formulas(path: Path, lines: bool) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """(id, tokens) formulas of a caption file, or of a one-formula-a-line file."""
+    from hmer.data.dataset import read_tsv
+
+    if not lines:
+        rows, errors = read_tsv(path)
+        return list(rows.items()), errors
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        return [], [f"{path}: cannot read ({exc.strerror or exc})"]
+    except UnicodeDecodeError as exc:
+        return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
+    name = path.name.split(".")[0]
+    formulas = [
+        (f"{name}-{i}", line.split()) for i, line in enumerate(text.splitlines(), 1) if line.strip()
+    ]
+    return formulas, [] if formulas else [f"{path}: no formulas"]
+
+
+def cmd_render_latex(args: argparse.Namespace) -> int:
+    from hmer.data.printed import KatexRenderer, random_styles, render_to_folder
+
+    if args.limit < 0 or not 1 <= args.batch <= 1000:
+        _err("--limit must be >= 0 and --batch 1..1000")
+        return 2
+    try:
+        random_styles(0, args.seed, args.fonts, args.sizes, args.paddings)  # checks the ranges
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    formulas, errors = _read_formulas(args.captions, args.lines)
+    for msg in errors:
+        _err(msg)
+    formulas = formulas[: args.limit or None]
+    if not formulas:
+        return EXIT_FAILED
+    styles = random_styles(len(formulas), args.seed, args.fonts, args.sizes, args.paddings)
+    with KatexRenderer() as renderer:
+        report = render_to_folder(
+            formulas, args.output, styles, renderer, args.batch, progress=not args.quiet
+        )
+    for msg in report.errors:
+        _err(f"{args.captions}: {msg}")
+    rate = len(formulas) / max(report.seconds, 1e-9)
+    print(
+        f"rendered {len(report.written)} of {len(formulas)} formulas in {report.seconds:.1f} s "
+        f"({rate:.0f}/s) -> {args.output}/ID.png, captions.tsv, styles.tsv"
+    )
+    return EXIT_FAILED if errors or report.errors else 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stroke-model", help="stroke model for --route strokes/fusion (default: the shipped one)"
     )
     p.add_argument("--beam", type=int, default=10, help="beam size (1 = greedy)")
+    max_len_option(p)
     p.add_argument(
         "--timeout",
         type=float,
@@ -68,7 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_recognize)
 
-    p = sub.add_parser("train", help="train a model from a TOML config")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a TOML config",
+        description="Train a model from a TOML config (configs/*.toml); any entry can be "
+        "overridden with --set SECTION.KEY=VALUE.",
+        epilog=TRAIN_OPTIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config")
     p.add_argument("--run-dir", help="checkpoints and logs (default: runs/CONFIG_NAME)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -80,18 +88,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--epochs", type=int, help="override the config's epoch count")
     p.add_argument(
+        "--vocab",
+        help="the vocabulary: a JSON token list as hmer data vocab writes it (default: the "
+        "config's vocab, else the CROHME dictionary)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a config entry, e.g. --set data.train_limit=500 --set train.lr=3e-4",
+        help="override a config entry, e.g. --set data.train_limit=500 --set train.lr=3e-4; "
+        "--set train.patience=5 stops after 5 validations without gain (see below)",
     )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a CROHME split")
     p.add_argument("--model", help="a .safetensors release or a training checkpoint (.pt)")
-    p.add_argument("--split", default="2014")
+    p.add_argument(
+        "--split",
+        default="2014",
+        help="a CROHME split (2014), a .pkl of samples, or a .tsv of ID<TAB>LaTeX lines naming "
+        "images beside it (default 2014)",
+    )
     p.add_argument("--beam", type=int, default=10)
+    max_len_option(p)
     p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers (faster)")
     p.add_argument(
         "--route",
@@ -122,7 +142,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", action="store_true", help="export ONNX graphs into the -o folder")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
     p.add_argument(
-        "--default-for", choices=["image", "strokes"], help="mark as the shipped default"
+        "--default-for",
+        choices=["image", "strokes", "symbol"],
+        help="mark as the shipped default (symbol: a symbol classifier checkpoint)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -136,9 +158,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="a .safetensors release or a checkpoint (default: shipped image model)"
     )
+    p.add_argument(
+        "--activations",
+        action="store_true",
+        help="also draw how strongly each stage of the CNN encoder responds across the image "
+        "(image models)",
+    )
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("curves", help="plot a training run's loss and ExpRate to PNG")
+    p = sub.add_parser("curves", help="plot a training run's losses, ExpRate, WER and CER to PNG")
     p.add_argument("run_dir")
     p.add_argument("-o", "--output")
     p.set_defaults(
@@ -151,6 +179,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
+TRAIN_OPTIONS = """\
+training options (config [train] keys; set them with --set train.KEY=VALUE):
+  optimizer = "adamw" | "sgd"      AdamW (default) or SGD with momentum (momentum = 0.9,
+                                   nesterov = false); weight_decay applies to both
+  scheduler = "cosine" | "plateau" cosine: warm-up (warmup_steps), then decay to 1% of lr;
+                                   plateau: warm-up, then lr x plateau_factor (0.5) once
+                                   validation ExpRate has not improved for more than
+                                   plateau_patience (2) epochs, down to min_lr (1e-6)
+  patience = N                     early stopping: stop after N validations without gain
+                                   (0, the default: never)
+  eval_max_len = N                 most tokens a validation decode writes (0: 8 + twice the
+                                   longest truth); the model's own limit is model.max_len
+examples:
+  hmer train configs/wap.toml --set train.optimizer=sgd --set train.lr=0.05 \\
+      --set train.scheduler=plateau --set train.patience=6
+  hmer train my.toml --vocab vocab.json --set data.train=my/train.tsv --set data.test=my/test.tsv
+      (ID<TAB>LaTeX lines; each ID names an image beside the TSV, e.g. a.png or a)
+"""
+
+
+def max_len_option(p: argparse.ArgumentParser) -> None:
+    """``--max-len``, the output length limit of ``recognize`` and ``evaluate``."""
+    p.add_argument(
+        "--max-len",
+        type=int,
+        metavar="N",
+        help="the most tokens an attention model writes per input (default 200; CTC output "
+        "is bounded by its frames)",
+    )
+
+
 def _err(msg: str) -> None:
     print(f"hmer: error: {msg}", file=sys.stderr)
 
@@ -160,8 +219,8 @@ def cmd_recognize(args: argparse.Namespace) -> int:
 
     from hmer.recognize import find_inputs
 
-    if args.batch < 1 or args.jobs < 1 or args.beam < 1:
-        _err("--batch, --jobs and --beam must be at least 1")
+    if min(args.batch, args.jobs, args.beam, 1 if args.max_len is None else args.max_len) < 1:
+        _err("--batch, --jobs, --beam and --max-len must be at least 1")
         return 2
     files = find_inputs(args.paths)
     if not files:
@@ -183,6 +242,7 @@ def cmd_recognize(args: argparse.Namespace) -> int:
         timeout=timeout,
         route=args.route,
         stroke_model=args.stroke_model,
+        max_len=args.max_len,
     )
     pool = None
     if args.jobs > 1 and len(chunks) > 1:
@@ -243,6 +303,7 @@ def _recognizer_for(
     timeout: float | None = None,
     route: str | None = None,
     stroke_model: str | None = None,
+    max_len: int | None = None,
 ):
     from hmer.recognize import Recognizer, input_kind_of
     from hmer.weights import weights_for
@@ -261,6 +322,7 @@ def _recognizer_for(
         if key not in _RECOGNIZERS:
             _RECOGNIZERS[key] = Recognizer.load(key, beam=beam)
     _RECOGNIZERS[key].timeout_s = timeout
+    _RECOGNIZERS[key].max_len = max_len
     return _RECOGNIZERS[key]
 
 
@@ -284,6 +346,7 @@ def _recognize_chunk(
     timeout: float | None = None,
     route: str | None = None,
     stroke_model: str | None = None,
+    max_len: int | None = None,
 ) -> list:
     """[(path, Result or an error message)] for ``paths``, in order."""
     from hmer.decoding import DecodingTimeout
@@ -297,6 +360,7 @@ def _recognize_chunk(
         timeout=timeout,
         route=route,
         stroke_model=stroke_model,
+        max_len=max_len,
     )
     if batch == 1:
         for i, path in enumerate(paths):
@@ -329,11 +393,20 @@ def _recognize_chunk(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hmer.training.config import ConfigError, check_model_builds, load_config
-    from hmer.training.train import train
+    from hmer.training.config import (
+        Config,
+        ConfigError,
+        apply_overrides,
+        check_model_builds,
+        read_config,
+    )
+    from hmer.training.train import SetupError, train
 
     try:
-        config = load_config(args.config, args.set)
+        raw = apply_overrides(read_config(args.config), args.set)
+        if args.vocab:
+            raw["vocab"] = args.vocab
+        config = Config.from_dict(raw)
         check_model_builds(config)
     except (ConfigError, OSError) as e:
         print(f"hmer train: {e}", file=sys.stderr)
@@ -341,13 +414,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs:
         config.train.epochs = args.epochs
     run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
-    state = train(
-        config,
-        run_dir,
-        resume=args.resume,
-        init_from=args.init_from,
-        init_partial=args.init_partial,
-    )
+    try:
+        state = train(
+            config,
+            run_dir,
+            resume=args.resume,
+            init_from=args.init_from,
+            init_partial=args.init_partial,
+        )
+    except SetupError as e:  # unreadable data, or a checkpoint of another setup
+        print(f"hmer train: {e}", file=sys.stderr)
+        return 1
     print(
         f"done: epoch {state['epoch']}, step {state['step']}, best val ExpRate {state['best']:.2f}"
     )
@@ -355,13 +432,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hmer.data.dataset import load_cached
     from hmer.evaluation.evaluate import evaluate
     from hmer.recognize import Recognizer
+    from hmer.training.train import load_samples
     from hmer.weights import WeightsError, load_any
 
     if args.route and args.int8:
         _err("--int8 applies to one model; leave out --route")
+        return 2
+    if min(args.beam, 1 if args.max_len is None else args.max_len) < 1:
+        _err("--beam and --max-len must be at least 1")
         return 2
     try:
         if args.route:
@@ -379,9 +459,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from hmer.models.quantize import quantize_int8
 
             model, name = quantize_int8(model), f"{name}-int8"
-        rec = Recognizer(model, vocab, name)  # the same decoding and post-processing as recognize
-    samples = load_cached(args.split).samples[: args.limit]
-    result = evaluate(rec, samples, beam=args.beam, normalize=args.normalize)
+        # the same decoding and post-processing as recognize
+        rec = Recognizer(model, vocab, name)
+    rec.max_len = args.max_len
+    try:
+        samples = load_samples(args.split)[: args.limit]
+        result = evaluate(rec, samples, beam=args.beam, normalize=args.normalize)
+    except (ValueError, OSError) as exc:
+        _err(f"split {args.split}: {exc}")
+        return 1
     metrics = dict(result.metrics)
     metrics["model"], metrics["split"], metrics["beam"] = name, args.split, args.beam
     metrics["latency_ms_p50"] = result.latency_ms(50)  # rendering included, as users wait for it
@@ -396,7 +482,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hmer.weights import WeightsError, load_any, load_checkpoint_model, save_release
+    from hmer.models.symbols import FAMILY as SYMBOL_FAMILY
+    from hmer.weights import (
+        WeightsError,
+        load_any,
+        load_checkpoint,
+        load_checkpoint_model,
+        save_release,
+    )
 
     if args.onnx:
         from hmer.onnx import export_onnx
@@ -412,7 +505,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        model, vocab, ckpt = load_checkpoint_model(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint)
+        if ckpt["config"].get("model", {}).get("name") == SYMBOL_FAMILY:
+            from hmer.training.symbols import export_release
+
+            default = args.default_for == "symbol"
+            path = export_release(args.checkpoint, args.output, default, ckpt)
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+            return 0
+        if args.default_for == "symbol":
+            _err(f"{args.checkpoint}: --default-for symbol needs a symbol classifier checkpoint")
+            return 2
+        model, vocab, ckpt = load_checkpoint_model(args.checkpoint, ckpt)
     except WeightsError as exc:
         _err(str(exc))
         return 1
@@ -446,8 +550,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from hmer.data.batching import pad_images
     from hmer.data.strokes import pad_points
-    from hmer.decoding.explain import explain
-    from hmer.evaluation.plots import attention_grid, stroke_attention_images
+    from hmer.decoding.explain import activation_maps, explain
+    from hmer.evaluation.plots import attention_grid, stack, stroke_attention_images
     from hmer.models.encoders import STRIDE
     from hmer.recognize import Recognizer
     from hmer.weights import WeightsError, load_any
@@ -458,6 +562,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _err(str(exc))
         return 1
     rec = Recognizer(model, vocab, name)
+    if args.activations and rec.input_kind != "image":
+        _err(
+            f"--activations: model {name} reads {rec.input_kind}; CNN activations are drawn for "
+            "image models"
+        )
+        return 1
     try:  # the input as hmer recognize makes it: a bitmap, or point features for stroke models
         x = rec.prepare_file(args.input)
     except (ValueError, OSError) as exc:
@@ -467,6 +577,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     inputs, masks = pad_points([x]) if strokes else pad_images([x])
     with torch.inference_mode():
         ex = explain(model, inputs, masks)
+        stages = activation_maps(model, inputs, masks) if args.activations else []
     tokens = [vocab.itos[i] if i < len(vocab) else "<unk>" for i in ex.ids]
     if ex.kind == "attention":
         tokens.append("<eos>")
@@ -477,7 +588,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         picture = np.zeros((h * STRIDE, w * STRIDE), np.uint8)
         picture[: x.shape[0], : x.shape[1]] = x
         maps = list(ex.maps)
-    attention_grid(picture, maps, tokens).save(args.output)
+    grids = [attention_grid(picture, maps, tokens)]
+    if stages:  # each stage's map labelled with its stride, over the same padded image
+        labels = [f"{n} (1/{picture.shape[0] // m.shape[0]})" for n, m in stages]
+        grids.append(attention_grid(picture, [m for _, m in stages], labels))
+    stack(grids).save(args.output)
     what = "attention per token" if ex.kind == "attention" else "frames emitting each token (CTC)"
+    if stages:
+        what += f", then the activations of {len(stages)} encoder stages"
     print(f"{' '.join(vocab.decode(ex.ids))}\nwrote {args.output}: {what}")
     return 0

@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rule, today the image model); requests may ask for another route that is loaded",
     )
     p.add_argument(
+        "--symbol-model",
+        help="symbol classifier for /v1/symbol (default: the shipped one, if any; 'none': "
+        "no symbol mode)",
+    )
+    p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest request body in MB (default 10)"
     )
     p.add_argument("--beam", type=int, default=None, help="default beam width")
@@ -113,6 +118,16 @@ def ink_route_of(args: argparse.Namespace) -> str | None:
     return "fusion" if ink_route() == "fusion" else None
 
 
+def _load_symbols(given: str | None):
+    """The symbol classifier to serve: ``given`` (a file, or "none"), else the shipped one."""
+    from hmer.interfaces.api import load_default_symbols
+    from hmer.symbol_classifier import SymbolClassifier
+
+    if given == "none":
+        return None
+    return SymbolClassifier.load(given) if given else load_default_symbols()
+
+
 def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
     """Host names the server answers to when bound to ``host`` (None: any).
 
@@ -159,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         recs = _load(args)
+        symbols = _load_symbols(args.symbol_model)
     except (WeightsError, OSError, ValueError, KeyError) as exc:
         print(f"cannot load the model: {exc}", file=sys.stderr)
         return 1
@@ -179,11 +195,14 @@ def run(args: argparse.Namespace) -> int:
             limits,
             allowed_hosts=allowed_hosts(args.host, args.allow_host),
             ink_route=ink_route_of(args),
+            symbols=symbols,
         )
     except (WeightsError, ValueError) as exc:
         print(f"cannot serve: {exc}", file=sys.stderr)
         return 1
     names = ", ".join(f"{n} ({r.input_kind})" for n, r in recs.items())
+    if symbols is not None:
+        names += f", {symbols.name} (symbol)"
     print(f"hmer: serving {names} on http://{args.host}:{args.port}/", file=sys.stderr)
 
     serve_app(app, args.host, args.port, limit_concurrency=4 * limits.max_pending)

@@ -9,7 +9,9 @@ fallbacks: a new family states every attribute here, or it is not a family.
   optional :class:`IncrementalDecoder` methods (one position per step instead of the prefix).
 * :class:`CTCModel` (``kind = "ctc"``): per-frame label log-probabilities (crnn).
 
-Token ids are those of :mod:`hmer.data.vocab` (``PAD_ID`` is also the CTC blank).
+Token ids are those of :mod:`hmer.data.vocab` (``PAD_ID`` is also the CTC blank). The PyTorch
+image families keep their CNN as ``encoder``, an :class:`ImageEncoder` (whose stages
+``hmer explain --activations`` shows).
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ Memory = dict[str, Any]
 
 Kind = Literal["seq2seq", "ctc"]
 InputKind = Literal["image", "strokes"]
+
+
+class ImageEncoder(Protocol):
+    """A CNN from images (B,1,H,W) to features (B,C,H/16,W/16) (:mod:`hmer.models.encoders`)."""
+
+    out_channels: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def named_stages(self) -> list[tuple[str, torch.nn.Module]]:
+        """(name, module) of each stage, input side first: the modules whose outputs are the
+        successive feature maps."""
+        ...
 
 
 class HMERModel(Protocol):

@@ -1,4 +1,8 @@
-"""Image encoders: bitmaps (B, 1, H, W) to feature maps at output stride 16."""
+"""Image encoders: bitmaps (B, 1, H, W) to feature maps at output stride 16.
+
+Each names its stages (``named_stages()``: the modules whose outputs are its successive feature
+maps), which ``hmer explain --activations`` shows.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +86,12 @@ class DenseNetEncoder(nn.Module):
         x = F.max_pool2d(x, 2, ceil_mode=True)
         return F.relu(self.out_norm(self.blocks(x)))
 
+    def named_stages(self) -> list[tuple[str, nn.Module]]:
+        """The stem, the first two dense blocks (after their transitions) and the last block."""
+        transitions = [m for m in self.blocks if isinstance(m, _Transition)]
+        named = [("block 1", transitions[0]), ("block 2", transitions[1])]
+        return [("stem", self.stem_norm), *named, ("block 3", self.out_norm)]
+
 
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -139,6 +149,10 @@ class ResNetEncoder(nn.Module):
             x = stage(x)
         return self.dropout(x)
 
+    def named_stages(self) -> list[tuple[str, nn.Module]]:
+        """The stem and each residual stage."""
+        return [("stem", self.stem), *((f"stage {i + 1}", s) for i, s in enumerate(self.stages))]
+
 
 class CNNEncoder(nn.Module):
     """A plain VGG-like CNN (conv-BN-ReLU, max-pooling), the classic CRNN/WAP front end."""
@@ -164,6 +178,11 @@ class CNNEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def named_stages(self) -> list[tuple[str, nn.Module]]:
+        """Each width's block, after its pooling."""
+        pools = [m for m in self.net if isinstance(m, nn.MaxPool2d)]
+        return [(f"block {i + 1}", m) for i, m in enumerate(pools)]
 
 
 def build_encoder(kind: str, **kw) -> nn.Module:

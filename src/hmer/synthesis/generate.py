@@ -25,7 +25,7 @@ import numpy as np
 from hmer.data.dataset import Sample
 from hmer.data.latex import is_valid, normalize_tokens
 from hmer.synthesis.glyphs import BAR, Glyph, GlyphBank
-from hmer.synthesis.layout import STRUCTURE, LayoutError, Placed, atoms, layout, parse
+from hmer.synthesis.layout import STRUCTURE, LayoutError, Placed, layout
 
 UNIT = 40.0  # ink units per x-height in the output (CROHME tablets give tens to hundreds)
 MAX_TOKENS = 60
@@ -129,12 +129,12 @@ def synthesize(tokens: Sequence[str], bank: GlyphBank, rng: np.random.Generator)
     if missing:
         raise SkipFormula(f"no glyph for {missing[0]}")
     try:
-        tree = parse(tokens)
+        placed = layout(tokens, bank, rng)
     except LayoutError as exc:
         raise SkipFormula(f"layout: {str(exc).split(' at ')[0]}") from exc
-    if not [t for t in atoms(tree) if t != BAR]:
+    if all(p.kind == "bar" for p in placed):  # fraction bars alone are no formula
         raise SkipFormula("nothing to draw")
-    out = compose(layout(tokens, bank, rng), bank, rng)
+    out = compose(placed, bank, rng)
     out.tokens = tokens
     return out
 

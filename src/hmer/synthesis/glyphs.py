@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hmer.data.dataset import default_cache_dir, default_data_dir, iter_inkml, save_atomic
-from hmer.data.inkml import Ink, InkMLError, parse_inkml
+from hmer.data.dataset import default_cache_dir, default_data_dir, read_inks, save_atomic
+from hmer.data.inkml import Ink
 
 BANK_VERSION = 1
 AXIS = -0.55  # height of the math axis (centre of -, +, =) above the baseline, in x-heights
@@ -487,15 +487,7 @@ def read_training_inks(source: str | Path | None = None) -> list[tuple[str, Ink]
     source = Path(source) if source else default_train_source()
     if "test" in source.name.lower():
         raise ValueError(f"{source}: the glyph bank is built from training ink only")
-    out = []
-    for stem, data in iter_inkml(source):
-        if isinstance(data, Exception):
-            continue
-        try:
-            out.append((stem, parse_inkml(data, stem)))
-        except InkMLError:
-            continue
-    return out
+    return read_inks(source)
 
 
 def bank_path(cache_dir: Path | None = None) -> Path:

@@ -1,10 +1,11 @@
 """A small layout engine for caption LaTeX: token sequence -> symbol boxes, as a hand writes them.
 
-Coordinates are in x-heights with y growing downwards and the main baseline at y = 0. Only the
-caption conventions are read (braced script and command arguments, ``\\frac {a} {b}``,
-``\\sqrt [n] {x}``, ``\\limits``); brackets are plain symbols, stretched here to the height of
-what they enclose. Every call draws its own random style (spacing, script size and offsets,
-baseline drift, symbol sizes), so one formula never comes out twice the same.
+Coordinates are in x-heights with y growing downwards and the main baseline at y = 0. The tokens
+are read by the caption grammar's one parser (:mod:`hmer.data.latex_tree`) and its tree is laid
+out here: fractions, radicals with an index, scripts (limits above and below for ``\\lim``, often
+for ``\\sum``, with ``\\limits`` for ``\\int``); brackets are plain symbols, stretched here to
+the height of what they enclose. Every call draws its own random style (spacing, script size and
+offsets, baseline drift, symbol sizes), so one formula never comes out twice the same.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from hmer.data.latex import STRUCTURE as GRAMMAR
+from hmer.data.latex_tree import STRUCTURE as GRAMMAR
+from hmer.data.latex_tree import WRAPPERS, Malformed, Node, parse
 from hmer.synthesis.glyphs import (
     AXIS,
     BAR,
@@ -31,109 +33,32 @@ FUNCTIONS = frozenset([r"\sin", r"\cos", r"\tan", r"\log", r"\lim"])
 OPENERS = {"(": ")", "[": "]", r"\{": r"\}"}
 CLOSERS = frozenset(OPENERS.values())
 PRIMES = frozenset({"'", r"\prime"})
-# The caption grammar's tokens that are never drawn. Brackets are the exception: as a \sqrt's
-# index delimiters they are grammar, everywhere else symbols with glyphs of their own.
-STRUCTURE = GRAMMAR - {"[", "]"}
+# The caption grammar's tokens that are never drawn (font wrappers draw only their argument).
+# Brackets are the exception: as a \sqrt's index delimiters they are grammar, everywhere else
+# symbols with glyphs of their own.
+STRUCTURE = (GRAMMAR - {"[", "]"}) | WRAPPERS
 
 
 class LayoutError(ValueError):
     """Tokens the layout engine cannot read (unbalanced braces, a missing argument...)."""
 
 
-# -- parse tree -------------------------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    """``kind`` is "atom" (``tok``), "row" (``parts``), "frac" / "sqrt" (``parts`` = arguments,
-    a sqrt's index second) or "scripts" (``parts`` = [base, sub, sup], None where absent)."""
-
-    kind: str
-    tok: str = ""
-    parts: list[Node | None] = field(default_factory=list)
-    limits: bool = False
-
-
-class _Parser:
-    def __init__(self, tokens: list[str]):
-        self.toks = tokens
-        self.i = 0
-
-    def peek(self) -> str | None:
-        return self.toks[self.i] if self.i < len(self.toks) else None
-
-    def row(self, closer: str | None) -> Node:
-        items: list[Node] = []
-        while True:
-            tok = self.peek()
-            if tok is None:
-                if closer is not None:
-                    raise LayoutError(f"missing {closer}")
-                return Node("row", parts=items)
-            if tok == closer:
-                self.i += 1
-                return Node("row", parts=items)
-            if tok == "}":
-                raise LayoutError(f"unmatched }} at {self.i}")
-            if tok in ("^", "_", r"\limits"):
-                if not items:
-                    raise LayoutError(f"{tok} without a base at {self.i}")
-                items[-1] = self.scripts(items[-1])
-                continue
-            items.append(self.item())
-
-    def item(self) -> Node:
-        tok = self.toks[self.i]
-        self.i += 1
-        if tok == "{":
-            return self.row("}")
-        if tok == r"\frac":
-            return Node("frac", tok, [self.argument(tok), self.argument(tok)])
-        if tok == r"\sqrt":
-            index = None
-            if self.peek() == "[":
-                self.i += 1
-                index = self.row("]")
-            return Node("sqrt", tok, [self.argument(tok), index])
-        return Node("atom", tok)
-
-    def argument(self, what: str) -> Node:
-        tok = self.peek()
-        if tok is None or tok in ("}", "^", "_", r"\limits"):
-            raise LayoutError(f"{what} without its argument at {self.i}")
-        node = self.item()
-        if node.kind == "row" and not node.parts:
-            raise LayoutError(f"{what} with an empty argument at {self.i}")
-        return node
-
-    def scripts(self, base: Node) -> Node:
-        node = base if base.kind == "scripts" else Node("scripts", parts=[base, None, None])
-        while (tok := self.peek()) in ("^", "_", r"\limits"):
-            self.i += 1
-            if tok == r"\limits":
-                node.limits = True
-                continue
-            slot = 1 if tok == "_" else 2
-            if node.parts[slot] is not None:
-                raise LayoutError(f"double {tok} at {self.i}")
-            node.parts[slot] = self.argument(tok)
-        return node
-
-
-def parse(tokens: list[str]) -> Node:
-    """Caption tokens -> a parse tree (raises :class:`LayoutError` on malformed input)."""
-    return _Parser(list(tokens)).row(None)
-
-
-def atoms(node: Node | None) -> list[str]:
-    """The symbol tokens of a tree, in reading order."""
-    if node is None:
-        return []
-    if node.kind == "atom":
-        return [node.tok]
-    out = [BAR] if node.kind == "frac" else [r"\sqrt"] if node.kind == "sqrt" else []
-    for part in node.parts:
-        out.extend(atoms(part))
+def _atoms(nodes: list[Node]) -> list[str]:
+    """The symbol tokens of parsed items, in reading order (a fraction's bar as :data:`BAR`)."""
+    out: list[str] = []
+    for node in nodes:
+        if node.kind == "atom":
+            out.append(node.tok)
+        elif node.kind == "group":
+            out.extend(_atoms(node.children))
+        elif node.kind == "scripts":
+            out.extend(_atoms([node.base] if node.base is not None else []))
+            for _, arg in node.scripts:
+                out.extend(_atoms(arg))
+        else:
+            out.append(BAR if node.kind == "frac" else r"\sqrt")
+            for arg in [*node.args, node.index or []]:
+                out.extend(_atoms(arg))
     return out
 
 
@@ -253,16 +178,15 @@ class Layout:
     def node(self, node: Node, depth: int = 0, frac_depth: int = 0) -> Box:
         if node.kind == "atom":
             return self.atom(node.tok)
-        if node.kind == "row":
-            return self.row(node.parts, depth, frac_depth)
+        if node.kind == "group":
+            return self.row(node.children, depth, frac_depth)
         if node.kind == "frac":
             return self.frac(node, depth, frac_depth)
         if node.kind == "sqrt":
             return self.sqrt(node, depth, frac_depth)
         return self.scripts(node, depth, frac_depth)
 
-    def row(self, nodes: list[Node | None], depth: int, frac_depth: int) -> Box:
-        nodes = [n for n in nodes if n is not None]
+    def row(self, nodes: list[Node], depth: int, frac_depth: int) -> Box:
         if not nodes:
             return _empty()
         boxes = [self.node(n, depth, frac_depth) for n in nodes]
@@ -322,8 +246,8 @@ class Layout:
 
     def frac(self, node: Node, depth: int, frac_depth: int) -> Box:
         rng = self.rng
-        num = self.node(node.parts[0], depth, frac_depth + 1)
-        den = self.node(node.parts[1], depth, frac_depth + 1)
+        num = self.row(node.args[0], depth, frac_depth + 1)
+        den = self.row(node.args[1], depth, frac_depth + 1)
         if frac_depth:
             num, den = num.scaled(self.style.frac_nested), den.scaled(self.style.frac_nested)
         pad = float(rng.uniform(0.0, 0.3))
@@ -346,7 +270,7 @@ class Layout:
 
     def sqrt(self, node: Node, depth: int, frac_depth: int) -> Box:
         rng = self.rng
-        body = self.node(node.parts[0], depth, frac_depth)
+        body = self.row(node.args[0], depth, frac_depth)
         top = body.top - float(rng.uniform(0.12, 0.35))
         bottom = max(body.bottom, 0.0) + float(rng.uniform(0.0, 0.2))
         height = bottom - top
@@ -356,8 +280,8 @@ class Layout:
         rad = Placed(r"\sqrt", 0.0, top, width, height, kind="sqrt", hook=hook)
         items = [rad, *body.moved(body_x, 0.0).items]
         box = Box(width, top, bottom, items)
-        if node.parts[1] is not None:  # the index sits in the crook of the tick
-            index = self.node(node.parts[1], depth + 1, frac_depth).scaled(self.style.script * 0.85)
+        if node.index:  # the index sits in the crook of the tick; an empty one draws nothing
+            index = self.row(node.index, depth + 1, frac_depth).scaled(self.style.script * 0.85)
             dy = top + 0.5 * height - index.bottom
             dx = 0.55 * hook - index.width
             index = index.moved(dx, dy)
@@ -368,17 +292,19 @@ class Layout:
 
     def scripts(self, node: Node, depth: int, frac_depth: int) -> Box:
         rng, st = self.rng, self.style
-        base_node, sub_node, sup_node = node.parts
+        base_node = node.base
+        # in either written order; an empty script draws nothing, as in LaTeX
+        sub_node, sup_node = node.script("_"), node.script("^")
         base = self.node(base_node, depth, frac_depth) if base_node is not None else _empty()
         scale = st.script if depth == 0 else st.nested
-        sub = self.node(sub_node, depth + 1, frac_depth).scaled(scale) if sub_node else None
+        sub = self.row(sub_node, depth + 1, frac_depth).scaled(scale) if sub_node else None
         sup = None
-        if sup_node is not None:
-            if set(atoms(sup_node)) <= PRIMES:  # a prime is already small and high: no raise
-                sup = self.node(sup_node, depth, frac_depth)
-                sup = sup.moved(0.0, base.top - float(rng.uniform(0.0, 0.3)) - sup.top)
-            else:
-                sup = self.node(sup_node, depth + 1, frac_depth).scaled(scale)
+        primes = bool(sup_node) and set(_atoms(sup_node)) <= PRIMES
+        if primes:  # a prime is already small and high: no raise
+            sup = self.row(sup_node, depth, frac_depth)
+            sup = sup.moved(0.0, base.top - float(rng.uniform(0.0, 0.3)) - sup.top)
+        elif sup_node:
+            sup = self.row(sup_node, depth + 1, frac_depth).scaled(scale)
         base_tok = _role_token(base_node) if base_node is not None else None
         limits = base_tok == r"\lim" or (
             base_tok == r"\sum" and (node.limits or rng.random() < st.limits_sum)
@@ -390,7 +316,7 @@ class Layout:
         items = list(base.items)
         top, bottom, width = base.top, base.bottom, base.width
         above = -base.top
-        if sup is not None and not set(atoms(sup_node)) <= PRIMES:
+        if sup is not None and not primes:
             if base_tok == r"\int":
                 dy = base.top + 0.2 - sup.top * 0.3
             else:
@@ -435,13 +361,13 @@ class Layout:
 
 def _role_token(node: Node | None) -> str | None:
     """The token that decides spacing: an atom's own, a scripted atom's base."""
-    while node is not None and node.kind in ("scripts", "row"):
-        if node.kind == "row":
-            if len(node.parts) != 1:
+    while node is not None and node.kind in ("scripts", "group"):
+        if node.kind == "group":
+            if len(node.children) != 1:
                 return None
-            node = node.parts[0]
+            node = node.children[0]
         else:
-            node = node.parts[0]
+            node = node.base
     return node.tok if node is not None and node.kind == "atom" else None
 
 
@@ -467,7 +393,14 @@ def layout(
     rng: np.random.Generator | None = None,
     style: Style | None = None,
 ) -> list[Placed]:
-    """Place the symbols of caption ``tokens``; raises :class:`LayoutError` if unreadable."""
+    """Place the symbols of caption ``tokens``; raises :class:`LayoutError` if unreadable.
+
+    What LaTeX rejects is unreadable: the tokens are read by the shared parser
+    (:func:`hmer.data.latex_tree.parse`).
+    """
+    try:
+        tree = parse(tokens)
+    except Malformed as exc:
+        raise LayoutError(str(exc)) from exc
     rng = rng if rng is not None else np.random.default_rng()
-    tree = parse(tokens)
-    return Layout(bank, rng, style).node(tree).items
+    return Layout(bank, rng, style).row(tree, 0, 0).items

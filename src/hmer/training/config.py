@@ -4,7 +4,9 @@ A config (TOML, or the JSON a run folder holds) has three sections. ``[model]`` 
 family (``name``) and gives its constructor's keyword arguments; their defaults live in the
 family's constructor. ``[data]`` and ``[train]`` are :class:`DataConfig` and :class:`TrainConfig`,
 whose defaults are what the shipped configs share, so a file states only what differs. An
-optional top-level ``vocab`` (a JSON token list) replaces the CROHME dictionary.
+optional top-level ``vocab`` (a JSON token list, or the path of a ``.json`` file holding one, as
+``hmer data vocab`` writes it) replaces the CROHME dictionary; a path is read when the config is
+checked, so run folders and checkpoints hold the tokens themselves.
 
 Unknown sections or keys and values of the wrong type raise :class:`ConfigError` naming the key
 (``train.lrr``, with the nearest known key); checkpoints keep the config as the plain dict of
@@ -33,7 +35,9 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which samples train, select and test a model, and how they are augmented."""
 
-    train: str = "train"  # a CROHME split name or a .pkl of samples (hmer synth)
+    # A CROHME split name, a .pkl of samples (hmer synth) or a .tsv of ID<TAB>LaTeX lines whose
+    # ids name images beside it (a user's own data; hmer.data.dataset.read_image_captions).
+    train: str = "train"
     val_size: int = 500  # expressions held out of training for model selection
     val_split: str = "random"  # "random" expressions or whole "formula"s (every writer's copy)
     train_limit: int = 0  # a random subset of this many training expressions (0: all)
@@ -48,12 +52,23 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimization: AdamW, linear warm-up then cosine decay, checkpoints and evaluation."""
+    """The optimization (AdamW or SGD; linear warm-up, then cosine decay or a plateau schedule),
+    checkpoints, evaluation and early stopping."""
 
     epochs: int = 60
     lr: float = 5e-4
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw", or "sgd" with momentum (the WAP-era seeds)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
     warmup_steps: int = 500
+    # "cosine": decay to 1% of lr over the run. "plateau": lr times plateau_factor once
+    # validation ExpRate has not improved for more than plateau_patience epochs (torch's
+    # ReduceLROnPlateau), never below min_lr.
+    scheduler: str = "cosine"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    min_lr: float = 1e-6
     label_smoothing: float = LABEL_SMOOTHING  # unused by CTC models
     clip_grad: float = 1.0
     bf16: bool | str = (
@@ -63,12 +78,50 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     test_every: int = 2  # epochs between test-set evaluations (0: never)
     patience: int = 0  # stop after this many validations without gain (0: never)
+    eval_max_len: int = 0  # most tokens a validation decode writes (0: 8 + twice the longest truth)
     num_workers: int = 1  # data loader processes (0: batches made in the training process)
 
 
+@dataclass
+class SymbolConfig:
+    """The symbol classifier (``hmer symbol-train``): its crops, network and optimization.
+
+    Hold-out and test sets are those of the expression models: the symbols of the same
+    ``val_size`` random training expressions, and of the 2014 test expressions.
+    """
+
+    size: int = 32  # side of the square crops, in pixels
+    variants: int = 2  # renders of each training symbol in the crop cache, used in turn by epoch
+    width: int = 16  # channels of the first convolution stage (2x and 4x after)
+    dropout: float = 0.2
+    batch_size: int = 128
+    epochs: int = 10
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    label_smoothing: float = 0.05
+    val_size: int = 500
+    seed: int = 1
+    checkpoint_minutes: float = 5.0
+    max_minutes: float = 0.0  # stop (resumably) after this much training time (0: no limit)
+
+
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
-CHOICES = {("data", "val_split"): ("random", "formula")}
-PROBABILITIES = {("data", "photo_p"), ("data", "ink_swap_p"), ("data", "ink_reverse_p")}
+CHOICES = {
+    ("data", "val_split"): ("random", "formula"),
+    ("train", "optimizer"): ("adamw", "sgd"),
+    ("train", "scheduler"): ("cosine", "plateau"),
+}
+PROBABILITIES = {
+    ("data", "photo_p"),
+    ("data", "ink_swap_p"),
+    ("data", "ink_reverse_p"),
+    ("train", "momentum"),
+    ("symbols", "dropout"),
+}
+# Numbers that must not be negative, and the one factor that must lie strictly between 0 and 1.
+NON_NEGATIVE = {("train", k) for k in ("min_lr", "plateau_patience", "patience", "eval_max_len")}
+FACTORS = {("train", "plateau_factor")}
 
 
 @dataclass
@@ -94,8 +147,8 @@ class Config:
         if "model" not in raw:
             raise ConfigError("the config has no [model] section")
         vocab = raw.get("vocab")
-        if vocab is not None and not isinstance(vocab, str):
-            raise ConfigError("vocab must be a JSON list of tokens, as text")
+        if vocab is not None:
+            vocab = _vocab_text(vocab)
         sections = {name: _section(name, raw.get(name, {})) for name in SECTIONS}
         return cls(model=check_model(raw["model"]), vocab=vocab, **sections)
 
@@ -109,6 +162,25 @@ class Config:
         if self.vocab is not None:
             out["vocab"] = self.vocab
         return out
+
+
+def _vocab_text(vocab) -> str:
+    """The JSON token list a config's ``vocab`` gives: itself, or the content of its file."""
+    if not isinstance(vocab, str):
+        raise ConfigError("vocab must be a JSON list of tokens, as text, or a .json file of one")
+    text = vocab
+    if not vocab.lstrip().startswith("["):  # a path
+        try:
+            text = Path(vocab).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"vocab: cannot read {vocab} ({exc})") from exc
+    try:
+        tokens = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"vocab: not a JSON list of tokens ({exc})") from exc
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        raise ConfigError("vocab: not a JSON list of tokens (non-empty strings)")
+    return text
 
 
 def _nearest(key: str, known, prefix: str = "") -> str:
@@ -146,8 +218,9 @@ def _check_value(where: str, annotation: str, value):
     return value
 
 
-def _section(name: str, raw) -> DataConfig | TrainConfig:
-    kind = SECTIONS[name]
+def _section(name: str, raw, kind: type | None = None):
+    """The dataclass ``kind`` (default: the config section ``name``) checked from ``raw``."""
+    kind = kind or SECTIONS[name]
     if not isinstance(raw, dict):
         raise ConfigError(f"[{name}] must be a table of keys")
     fields = {f.name: f for f in dataclasses.fields(kind)}
@@ -162,8 +235,35 @@ def _section(name: str, raw) -> DataConfig | TrainConfig:
             raise ConfigError(f"{where} must be one of {', '.join(choices)}, not {value!r}")
         if (name, key) in PROBABILITIES and not 0.0 <= value <= 1.0:
             raise ConfigError(f"{where} is a probability (0 to 1), not {value!r}")
+        if (name, key) in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{where} must not be negative, not {value!r}")
+        if (name, key) in FACTORS and not 0.0 < value < 1.0:
+            raise ConfigError(f"{where} must be between 0 and 1 (exclusive), not {value!r}")
         values[key] = value
     return kind(**values)
+
+
+def symbol_config(raw: dict, overrides: list[str] = ()) -> SymbolConfig:
+    """A checked :class:`SymbolConfig` from the ``[symbols]`` table of ``raw`` (a config file's
+    dict, may be empty) and ``KEY=VALUE`` overrides (values read as TOML, as in
+    :func:`apply_overrides`)."""
+    unknown = set(raw) - {"symbols"}
+    if unknown:
+        raise ConfigError(f"a symbol config has only a [symbols] table, not {sorted(unknown)}")
+    values = dict(raw.get("symbols", {}))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"override {item!r}: {text!r} is not a value") from exc
+    cfg = _section("symbols", values, SymbolConfig)
+    for key in ("size", "variants", "width", "batch_size", "epochs", "val_size"):
+        if getattr(cfg, key) < (8 if key == "size" else 1):
+            raise ConfigError(f"symbols.{key} is too small: {getattr(cfg, key)}")
+    return cfg
 
 
 def check_model(raw) -> dict:

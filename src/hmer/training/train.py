@@ -4,6 +4,11 @@ One process trains on its own; under ``torchrun`` each process takes its share o
 batches and gradients are averaged by DistributedDataParallel (gloo on CPU).
 Checkpoints are written atomically every few minutes and at each epoch end; ``resume`` continues
 from the exact batch where the last checkpoint was taken, with optimizer, scheduler and RNG states.
+
+The optimizer is AdamW or SGD with momentum (``train.optimizer``); the learning rate warms up
+linearly, then follows a cosine decay or, with ``train.scheduler = "plateau"``, is cut whenever
+validation ExpRate stops improving. Every epoch ends with validation (loss, greedy ExpRate, WER,
+CER), the selection of ``best.pt`` and optional early stopping (``train.patience``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from tqdm import tqdm
 
 from hmer.data.augment import InkAugment
 from hmer.data.batching import BucketSpec, EpochBatches
-from hmer.data.dataset import Sample, default_data_dir, load_cached
+from hmer.data.dataset import Sample, default_data_dir, load_cached, read_image_captions
 from hmer.data.files import atomic_open
 from hmer.data.strokes import StrokeBatches
 from hmer.data.vocab import Vocab
@@ -68,30 +73,49 @@ def split_holdout(
     return train, val
 
 
+class SetupError(ValueError):
+    """A run that cannot start: data that cannot be read, inputs its model does not read, or a
+    checkpoint that does not match its config. The message says which."""
+
+
 def load_samples(name: str) -> list[Sample]:
-    """A CROHME split by name ("train", "2014") or a pickled Split / list of Samples by path."""
-    if name.endswith(".pkl"):
-        with open(name, "rb") as fh:
-            obj = pickle.load(fh)
-        return list(obj.samples if hasattr(obj, "samples") else obj)
-    return load_cached(name).samples
+    """A CROHME split by name ("train", "2014"), a pickled Split / list of Samples by path, or a
+    ``.tsv`` of ``ID<TAB>LaTeX`` lines naming images beside it (a user's own data); what cannot
+    be read is a :class:`SetupError`."""
+    try:
+        if name.endswith(".tsv"):
+            return read_image_captions(name).samples
+        if name.endswith(".pkl"):
+            with open(name, "rb") as fh:
+                obj = pickle.load(fh)
+            return list(obj.samples if hasattr(obj, "samples") else obj)
+        return load_cached(name).samples
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+        raise SetupError(f"data {name}: {exc}") from exc
 
 
 LOG_HEADER = ["step", "epoch", "loss", "lr", "samples_per_s", "cpu_hours"]
-EVAL_HEADER = ["epoch", "step", "cpu_hours", "split", "exprate", "le1", "le2"]
+EVAL_HEADER = ["epoch", "step", "cpu_hours", "split", "exprate", "le1", "le2", "loss", "wer", "cer"]
+OLD_EVAL_WIDTHS = (7,)  # eval.csv rows of runs from before loss, WER and CER were logged
 
 
-def trim_csv(path: Path, header: list[str], key: str, last: int) -> None:
+def trim_csv(
+    path: Path, header: list[str], key: str, last: int, old_widths: tuple[int, ...] = ()
+) -> None:
     """Rewrite a log with ``header`` and only its rows up to ``last`` in column ``key``.
 
     Rows written after the checkpoint a run restarts from are dropped, and so is anything a kill
     can leave: a missing or repeated header, a half-written last line, rows of the wrong width.
-    The file is replaced atomically, so a kill during the rewrite loses nothing.
+    Rows of an older layout whose columns are the first ``old_widths`` of ``header`` are kept,
+    their new columns empty. The file is replaced atomically, so a kill during the rewrite loses
+    nothing.
     """
     rows = []
     if path.exists():
         with open(path, newline="", errors="replace") as fh:
             for row in csv.reader(fh):
+                if len(row) in old_widths:
+                    row = row + [""] * (len(header) - len(row))
                 if len(row) != len(header) or row == header:
                     continue
                 try:
@@ -116,6 +140,52 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
         return base * (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+def make_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or SGD with momentum (L2 weight decay), as ``tc`` says."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=tc.lr,
+            momentum=tc.momentum,
+            nesterov=tc.nesterov,
+            weight_decay=tc.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def make_plateau(optimizer: torch.optim.Optimizer, tc: TrainConfig) -> Plateau | None:
+    """The plateau schedule on validation ExpRate (higher is better), or None for cosine."""
+    if tc.scheduler != "plateau":
+        return None
+    return Plateau(
+        optimizer,
+        mode="max",
+        factor=tc.plateau_factor,
+        patience=tc.plateau_patience,
+        min_lr=tc.min_lr,
+    )
+
+
+def learning_rate(step: int, total: int, tc: TrainConfig, plateau: Plateau | None) -> float:
+    """The rate of optimizer step ``step``: :func:`lr_at` (cosine), or the plateau schedule's
+    current rate, scaled down linearly during the warm-up."""
+    if plateau is None:
+        return lr_at(step, total, tc.lr, tc.warmup_steps)
+    held = plateau.get_last_lr()[0]
+    return held * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+
+
+def step_plateau(plateau: Plateau, optimizer: torch.optim.Optimizer, exprate: float) -> None:
+    """Feed one validation ExpRate to the plateau schedule; a cut applies to its own rate, not
+    to the warm-up's (which :func:`train_step` writes into the optimizer every step)."""
+    for group, lr in zip(optimizer.param_groups, plateau.get_last_lr(), strict=True):
+        group["lr"] = lr
+    plateau.step(exprate)
 
 
 def bf16_fast() -> bool:
@@ -148,19 +218,46 @@ def as_input(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model, samples: list[Sample], vocab: Vocab, spec: BucketSpec, bf16: bool
+    model,
+    samples: list[Sample],
+    vocab: Vocab,
+    spec: BucketSpec,
+    bf16: bool,
+    max_len: int = 0,
 ) -> tuple[dict, list]:
     """Greedy validation through :func:`hmer.evaluation.evaluate.evaluate_batched` (the path
-    ``hmer evaluate`` takes, in batches of the training buckets); returns
-    :func:`~hmer.evaluation.metrics.score`'s metrics and (id, prediction) pairs."""
+    ``hmer evaluate`` takes, in batches of the training buckets), writing at most ``max_len``
+    tokens (0: 8 + twice the longest truth); returns :func:`~hmer.evaluation.metrics.score`'s
+    metrics and (id, prediction) pairs."""
     from hmer.evaluation.evaluate import evaluate_batched
     from hmer.recognize import Recognizer
 
-    max_len = 8 + 2 * max(len(s.tokens) for s in samples)  # an unconverged model never stops
+    # An unconverged model may never write the end token: the cap bounds its time.
+    max_len = max_len or 8 + 2 * max(len(s.tokens) for s in samples)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         result = evaluate_batched(Recognizer(model, vocab), samples, spec, max_len=max_len)
     model.train()
     return result.metrics, [(i, " ".join(p)) for i, p in result.predictions.items()]
+
+
+@torch.no_grad()
+def validation_loss(
+    model, samples: list[Sample], vocab: Vocab, spec: BucketSpec, tc: TrainConfig, bf16: bool
+) -> float:
+    """The training loss (teacher forced, ``tc.label_smoothing`` included, so that it compares
+    with log.csv's) on ``samples`` without augmentation or dropout, batch means weighted by
+    batch size."""
+    model.eval()
+    batches = batches_for(model)(samples, vocab, spec, 0, tc.seed, augment=False, shuffle=False)
+    total = 0.0
+    for k in range(len(batches)):
+        batch = batches[k]
+        inputs, masks, tokens = as_input(batch["inputs"]), batch["masks"], batch["tokens"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(inputs, masks, tokens, tc.label_smoothing)
+        total += float(loss) * len(batch["ids"])
+    model.train()
+    return total / len(samples)
 
 
 def tensorboard_writer(log_dir: Path):
@@ -224,7 +321,8 @@ class TrainingData:
 
 
 def setup_data(cfg: Config, samples: dict[str, list[Sample]] | None = None) -> TrainingData:
-    """The vocabulary and splits ``cfg`` names, or the given ``samples`` splits."""
+    """The vocabulary and splits ``cfg`` names, or the given ``samples`` splits (image samples,
+    from a user's ``.tsv``, train image models only)."""
     dc = cfg.data
     vocab = Vocab.from_json(cfg.vocab) if cfg.vocab is not None else crohme_vocab()
     if samples is None:
@@ -242,14 +340,45 @@ def setup_data(cfg: Config, samples: dict[str, list[Sample]] | None = None) -> T
             samples.get("val", []),
             samples.get("test", []),
         )
+    if not train_set:
+        raise SetupError(
+            f"no training samples: data.val_size = {dc.val_size} holds out all of {dc.train} "
+            "for validation (lower it)"
+            if samples is None
+            else "no training samples"
+        )
     spec = BucketSpec(pixels_per_batch=dc.pixels_per_batch)
     return TrainingData(vocab, train_set, val_set, test_set, spec)
+
+
+def check_inputs(data: TrainingData, model: torch.nn.Module) -> None:
+    """Refuse bitmaps for a model that reads pen strokes, before any time is spent."""
+    if model.input_kind != "strokes":
+        return
+    for split in (data.train, data.val, data.test):
+        bitmap = next((s for s in split if s.image is not None), None)
+        if bitmap is not None:
+            raise SetupError(
+                f"sample {bitmap.id} is an image, and a {type(model).__name__} model reads pen "
+                "strokes: train an image family on image data"
+            )
+
+
+def unknown_tokens(data: TrainingData) -> dict[str, int]:
+    """Caption tokens of the training split that the vocabulary lacks (trained as ``<unk>``)."""
+    counts: dict[str, int] = {}
+    for s in data.train:
+        for t in s.tokens:
+            if t not in data.vocab:
+                counts[t] = counts.get(t, 0) + 1
+    return counts
 
 
 def setup_model(
     cfg: Config, vocab_size: int, init_from: str | None, init_partial: bool, main: bool
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[torch.nn.Parameter]]:
-    """The seeded model (optionally from released weights), its AdamW and trained parameters."""
+    """The seeded model (optionally from released weights), its optimizer and trained
+    parameters."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     mc = dict(cfg.model)  # a copy: the config keeps its name for the checkpoints
@@ -260,8 +389,7 @@ def setup_model(
         if main:
             print(f"initialized {n} of {len(model.state_dict())} tensors from {init_from}")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    return model, optimizer, params
+    return model, make_optimizer(params, tc), params
 
 
 def fresh_state() -> dict:
@@ -270,23 +398,44 @@ def fresh_state() -> dict:
 
 
 def restore(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plateau: Plateau | None = None,
+    tc: TrainConfig | None = None,
 ) -> tuple[dict, torch.Tensor]:
-    """Load a checkpoint's weights and optimizer state; returns its run state and the torch RNG
-    state to set once the data loader has drawn its seed (see :func:`epoch_loader`)."""
+    """Load a checkpoint's weights, optimizer and plateau-schedule states; returns its run state
+    and the torch RNG state to set once the data loader has drawn its seed (see
+    :func:`epoch_loader`). Given ``tc``, a run resumes only with the optimizer and schedule it
+    started with (the symbol classifier's loop has no choice of them)."""
     from hmer.weights import load_checkpoint
 
     ckpt = load_checkpoint(path)  # tensors and plain data only: never runs code
+    was = ckpt["config"].get("train", {})
+    for key in ("optimizer", "scheduler") if tc is not None else ():
+        before, now = was.get(key, getattr(TrainConfig, key)), getattr(tc, key)  # old: defaults
+        if before != now:
+            raise SetupError(
+                f"{path} was trained with train.{key} = {before!r}, the config says {now!r}: "
+                "resume with the setting the run started with, or start a new run"
+            )
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    if plateau is not None:
+        plateau.load_state_dict(ckpt["scheduler"])
     return ckpt["state"], ckpt["torch_rng"]
 
 
 def checkpoint_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, cfg: Config, vocab: Vocab
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    plateau: Plateau | None,
+    state: dict,
+    cfg: Config,
+    vocab: Vocab,
 ) -> dict:
     """What a checkpoint holds, as tensors and plain data (``torch.load(weights_only=True)``)."""
-    return {
+    out = {
         "model": model.state_dict(),
         "optimizer": plain(optimizer.state_dict()),
         "torch_rng": torch.get_rng_state(),
@@ -294,6 +443,9 @@ def checkpoint_state(
         "config": cfg.to_dict(),
         "vocab": vocab.to_json(),
     }
+    if plateau is not None:
+        out["scheduler"] = plain(plateau.state_dict())
+    return out
 
 
 def epoch_loader(
@@ -378,7 +530,7 @@ class RunLog:
         # Rows past the checkpoint (or all, for a fresh start) go, as does whatever a kill left
         # half-written.
         trim_csv(run_dir / "log.csv", LOG_HEADER, "step", state["step"])
-        trim_csv(run_dir / "eval.csv", EVAL_HEADER, "epoch", state["epoch"])
+        trim_csv(run_dir / "eval.csv", EVAL_HEADER, "epoch", state["epoch"], OLD_EVAL_WIDTHS)
         # Opened after trim_csv wrote its header (and flushed it): a kill at any step leaves a
         # log that starts with its header.
         self.file = open(run_dir / "log.csv", "a", newline="")  # noqa: SIM115 (closed by close)
@@ -399,16 +551,16 @@ class RunLog:
             self.tb.add_scalar("train/samples_per_s", rate, state["step"])
 
     def evaluation(self, state: dict, cpu_h: float, split: str, metrics: dict) -> None:
-        """An eval.csv row, a printed line and the split's scalars."""
+        """An eval.csv row, a printed line and the split's scalars (``metrics``: the rates of
+        :func:`~hmer.evaluation.metrics.score` and the split's ``loss``)."""
+        keys = EVAL_HEADER[4:]  # exprate ... cer
+        cells = [f"{metrics[k]:.4f}" if k == "loss" else f"{metrics[k]:.2f}" for k in keys]
         with open(self.eval_path, "a") as fh:
-            fh.write(
-                f"{state['epoch']},{state['step']},{cpu_h:.3f},{split},"
-                f"{metrics['exprate']:.2f},{metrics['le1']:.2f},{metrics['le2']:.2f}\n"
-            )
-        rates = {k: round(metrics[k], 2) for k in ("exprate", "le1", "le2")}
-        print(f"epoch {state['epoch']} {split}: {rates}", flush=True)
+            fh.write(f"{state['epoch']},{state['step']},{cpu_h:.3f},{split},{','.join(cells)}\n")
+        shown = {k: round(metrics[k], 4 if k == "loss" else 2) for k in keys}
+        print(f"epoch {state['epoch']} {split}: {shown}", flush=True)
         if self.tb is not None:
-            for key in ("exprate", "le1", "le2"):
+            for key in keys:
                 self.tb.add_scalar(f"{split}/{key}", metrics[key], state["step"])
             self.tb.flush()
 
@@ -418,7 +570,7 @@ class RunLog:
             self.tb.close()
 
 
-def end_of_epoch(
+def validate(
     model: torch.nn.Module,
     data: TrainingData,
     state: dict,
@@ -428,27 +580,38 @@ def end_of_epoch(
     log: RunLog,
     run_dir: Path,
     checkpoint: Callable[[Path], None],
-) -> None:
-    """Rank 0 after an epoch: validate (and test every ``tc.test_every`` epochs), keep the best
-    validation ExpRate as ``best.pt`` (counting evaluations without gain for early stopping),
-    then checkpoint ``last.pt`` and redraw the curves."""
+) -> float | None:
+    """Rank 0 after an epoch: validate (and test every ``tc.test_every`` epochs) and keep the
+    best validation ExpRate as ``best.pt``, counting evaluations without gain for early
+    stopping; returns the validation ExpRate (None without a validation split)."""
     splits = [("val", data.val)]
     if data.test and tc.test_every and state["epoch"] % tc.test_every == 0:
         splits.append(("test", data.test))
+    val_rate = None
     for split_name, split in splits:
         if not split:
             continue
-        metrics, rows = evaluate(model, split, data.vocab, data.spec, bf16)
+        metrics, rows = evaluate(model, split, data.vocab, data.spec, bf16, tc.eval_max_len)
+        metrics["loss"] = validation_loss(model, split, data.vocab, data.spec, tc, bf16)
         log.evaluation(state, cpu_h, split_name, metrics)
         (run_dir / f"pred-{split_name}.tsv").write_text("".join(f"{i}\t{p}\n" for i, p in rows))
         if split_name == "val":
+            val_rate = metrics["exprate"]
             if metrics["exprate"] > state["best"]:
                 state["best"], state["stale"] = metrics["exprate"], 0
                 checkpoint(run_dir / "best.pt")
             else:
                 state["stale"] = state.get("stale", 0) + 1  # older checkpoints lack "stale"
-    checkpoint(run_dir / "last.pt")
-    training_curves(run_dir)
+    return val_rate
+
+
+def from_rank0(value: float | None, distributed: bool) -> float | None:
+    """Rank 0's ``value`` (None: no value) on every rank."""
+    if not distributed:
+        return value
+    shared = torch.tensor([math.nan if value is None else value], dtype=torch.float64)
+    dist.broadcast(shared, 0)
+    return None if math.isnan(shared.item()) else shared.item()
 
 
 def early_stop(state: dict, patience: int, main: bool, distributed: bool) -> bool:
@@ -493,6 +656,12 @@ def train(
         data = setup_data(cfg, samples)
         vocab = data.vocab
         model, optimizer, params = setup_model(cfg, len(vocab), init_from, init_partial, main)
+        check_inputs(data, model)
+        missing = unknown_tokens(data)
+        if missing and main:
+            shown = " ".join(sorted(missing, key=lambda t: -missing[t])[:10])
+            print(f"{sum(missing.values())} training tokens are not in the vocabulary: {shown}")
+        plateau = make_plateau(optimizer, tc)
         bf16 = use_bf16(tc.bf16)
         make_batches = batches_for(model)
         aug_kwargs: dict = {"ink_aug": InkAugment(swap_p=dc.ink_swap_p, reverse_p=dc.ink_reverse_p)}
@@ -508,7 +677,7 @@ def train(
         state, rng_to_restore = fresh_state(), None
         ckpt_path = run_dir / "last.pt"
         if resume and ckpt_path.exists():
-            state, rng_to_restore = restore(ckpt_path, model, optimizer)
+            state, rng_to_restore = restore(ckpt_path, model, optimizer, plateau, tc)
             if main:
                 print(f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}")
         log = RunLog(run_dir, state) if main else None
@@ -516,7 +685,9 @@ def train(
 
         def checkpoint(path: Path = ckpt_path) -> None:
             if main:
-                save_checkpoint(path, checkpoint_state(model, optimizer, state, cfg, vocab))
+                save_checkpoint(
+                    path, checkpoint_state(model, optimizer, plateau, state, cfg, vocab)
+                )
 
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
@@ -545,7 +716,7 @@ def train(
             )
             meter = Meter()
             for batch in bar:
-                lr = lr_at(state["step"], total_steps, tc.lr, tc.warmup_steps)
+                lr = learning_rate(state["step"], total_steps, tc, plateau)
                 loss = train_step(ddp, optimizer, params, batch, lr, tc, bf16)
                 state["step"] += 1
                 state["batch"] += 1
@@ -566,10 +737,18 @@ def train(
             state["epoch"] += 1
             state["batch"] = 0
 
-            # ---- evaluation and selection (rank 0) ----------------------------------------------
+            # ---- evaluation, selection (rank 0) and the plateau schedule (every rank) ---------
+            val_rate = None
             if log is not None:  # rank 0
                 cpu_h = state["seconds"] * world / 3600
-                end_of_epoch(model, data, state, tc, bf16, cpu_h, log, run_dir, checkpoint)
+                val_rate = validate(model, data, state, tc, bf16, cpu_h, log, run_dir, checkpoint)
+            if plateau is not None:
+                val_rate = from_rank0(val_rate, distributed)
+                if val_rate is not None:
+                    step_plateau(plateau, optimizer, val_rate)
+            if log is not None:
+                checkpoint()
+                training_curves(run_dir)
                 last_ckpt = time.time()
             if early_stop(state, tc.patience, main, distributed):
                 break

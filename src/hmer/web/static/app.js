@@ -1,5 +1,6 @@
 // hmer web page: draw or upload handwritten math, see its LaTeX and rendering as you write.
-// Plain browser JavaScript, no build step. Talks to POST /v1/recognize on the same server.
+// Plain browser JavaScript, no build step. Talks to POST /v1/recognize on the same server, and
+// to POST /v1/symbol in "which symbol is this?" mode.
 "use strict";
 
 (() => {
@@ -46,6 +47,7 @@
   let inFlight = null;
   let shown = ""; // the LaTeX the page last put in the box; anything else there is the user's edit
   let historyId = null; // the history entry this drawing or image updates
+  let symbolMode = false; // the drawing is one symbol: show the classifier's top candidates
 
   // -- view ------------------------------------------------------------------------------------
   const toCanvas = (p) => [p[0] * view.s + view.ox, p[1] * view.s + view.oy];
@@ -546,10 +548,12 @@
   async function send(body, headers, replace = false) {
     const mine = ++sequence;
     const isImage = body instanceof FormData;
+    const symbols = symbolMode;
     if (inFlight) inFlight.abort();
     inFlight = new AbortController();
     const model = modelSelect.value;
-    const url = "/v1/recognize" + (model ? `?model=${encodeURIComponent(model)}` : "");
+    const url = symbols ? "/v1/symbol"
+      : "/v1/recognize" + (model ? `?model=${encodeURIComponent(model)}` : "");
     showBusy(true);
     try {
       const resp = await fetch(url, {
@@ -565,7 +569,7 @@
         setStatus(`Could not read it: ${detail}`, true);
         return;
       }
-      showResult(data, replace || isImage);
+      showResult(symbols ? symbolAnswer(data) : data, replace || isImage);
     } catch (err) {
       if (err.name !== "AbortError" && mine === sequence) {
         setStatus("The server did not answer; is it still running?", true);
@@ -574,6 +578,36 @@
       if (mine === sequence) showBusy(false);
     }
   }
+
+  // Symbol classes that are commands taking an argument: written with an empty one, so that
+  // they render (KaTeX refuses a bare \sqrt) and paste as valid LaTeX.
+  const NEEDS_ARGUMENT = new Set(["\\sqrt"]);
+
+  function symbolAnswer(d) {
+    // The best candidate goes in the LaTeX box, all of them in the list, as alternatives do.
+    const candidates = (d.candidates || []).map((c) => ({
+      latex: NEEDS_ARGUMENT.has(c.latex) ? `${c.latex}{}` : c.latex,
+      score: c.score,
+    }));
+    return {
+      latex: candidates.length ? candidates[0].latex : "",
+      alternatives: candidates,
+      model: d.model,
+      time_ms: d.time_ms,
+      total_ms: d.total_ms,
+      work: "classifying",
+    };
+  }
+
+  function setSymbolMode(on) {
+    symbolMode = on;
+    $("symbol-mode").setAttribute("aria-pressed", String(on));
+    cancelRequests();
+    if (!edited()) clearOutput();
+    setStatus(on ? "Which symbol is this? Draw one symbol" : "");
+    recognizeAgain();
+  }
+  $("symbol-mode").addEventListener("click", () => setSymbolMode(!symbolMode));
 
   function showBusy(on) {
     busy.hidden = !on;
@@ -596,7 +630,7 @@
     const ms = (v) => `${Math.round(v)} ms`;
     const kept = keep ? "Your edit is kept (Recognize replaces it) · " : "";
     setStatus(`${kept}${r.latex ? "" : "Nothing recognized · "}model ${r.model} · ` +
-      `${ms(r.time_ms)} decoding, ${ms(r.total_ms)} on the server`);
+      `${ms(r.time_ms)} ${r.work || "decoding"}, ${ms(r.total_ms)} on the server`);
     statusLine.dataset.timeMs = String(r.time_ms);
     remember();
   }
@@ -629,6 +663,7 @@
 
   function showAlternatives(alts) {
     altsList.replaceChildren();
+    altsTitle.textContent = symbolMode ? "Which symbol? Top candidates" : "Alternatives";
     altsTitle.hidden = alts.length < 2;
     if (alts.length < 2) return;
     for (const a of alts) {
@@ -795,6 +830,7 @@
     try {
       const resp = await fetch("/v1/models");
       const data = await resp.json();
+      $("symbol-mode").hidden = !data.symbol_model;
       if (!data.models || data.models.length < 2) return;
       for (const m of data.models) {
         const opt = document.createElement("option");
