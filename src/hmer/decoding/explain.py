@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hmer.decoding.limits import length_limits
 from hmer.decoding.search import greedy
 from hmer.models.base import CTCModel, Seq2SeqModel
 from hmer.models.encoders import STRIDE
@@ -42,7 +43,7 @@ def explain(
     if model.kind == "ctc":
         return _alignment(model, inputs, masks)
     mem = model.encode(inputs, masks)
-    (hyp,) = greedy(model, mem, 1)
+    (hyp,) = greedy(model, mem, 1, max_len=length_limits(model.input_kind, masks, 200))
     start, _ = model.start_tokens("l2r")
     tgt = torch.tensor([[start, *hyp.ids]], device=inputs.device)
     h, w = mem["hw"]
