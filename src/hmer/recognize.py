@@ -245,8 +245,9 @@ class Recognizer:
     ) -> list[Result]:
         """Recognize inputs from ``prepare_file`` together, in order, with the answers each gets
         alone (:func:`hmer.decoding.recognize_inputs`: encoded one by one, decoded as one batch,
-        greedy or beam). Inputs of similar size batch best. Each result's ``time_ms`` is its
-        share of the batch's time.
+        greedy or beam). Inputs of similar size batch best; on a CPU batches speed up greedy
+        decoding, not beam search (README). Each result's ``time_ms`` is its share of the batch's
+        time.
         """
         if not inputs:
             return []
