@@ -3,8 +3,9 @@
 Latency is what a user of ``hmer recognize`` waits for one expression: rendering the ink (image
 models) or its point features (stroke models), decoding, and post-processing, through
 ``hmer.recognize.Recognizer``; p50/p90 in ms for each beam width, after a few warm-up
-expressions. Batch throughput decodes sorted, padded batches greedily (expressions/s), the way an
-offline job over a directory could. Threads default to the 2 cores of the reference machine.
+expressions. Batch throughput decodes size-sorted batches greedily (expressions/s), as
+``hmer recognize DIR --batch N`` does (``throughput.py`` times whole directory runs, beam search
+included). Threads default to the 2 cores of the reference machine.
 ``--route`` times the pen-input routes of ``hmer recognize --route``: "fusion" runs both models
 (beam 1: the greedy fusion mode for live recognition) and has no batch mode.
 
@@ -25,12 +26,8 @@ import time
 import numpy as np
 import torch
 
-from hmer.data.batching import pad_images
 from hmer.data.dataset import load_cached
 from hmer.data.inkml import Ink
-from hmer.data.render import render_natural
-from hmer.data.strokes import ink_features, pad_points
-from hmer.decoding import recognize_batch
 from hmer.fusion import ink_recognizer
 from hmer.recognize import Recognizer
 
@@ -56,17 +53,13 @@ def latency(rec, inks: list[Ink], beam: int, warmup: int = 5) -> list[float]:
 
 
 def batch_throughput(rec: Recognizer, inks: list[Ink], batch: int) -> float:
-    """Greedy expressions/s over size-sorted batches (inputs prepared inside the timing)."""
+    """Greedy expressions/s over size-sorted batches, decoded as ``hmer recognize --batch``
+    decodes them (inputs prepared inside the timing)."""
     t0 = time.perf_counter()
-    if rec.input_kind == "strokes":
-        items = sorted((ink_features(i.traces) for i in inks), key=len)
-    else:
-        items = sorted((render_natural(i.traces) for i in inks), key=lambda a: a.shape[::-1])
-    with torch.inference_mode():
-        for k in range(0, len(items), batch):
-            chunk = items[k : k + batch]
-            x, m = pad_points(chunk) if rec.input_kind == "strokes" else pad_images(chunk)
-            recognize_batch(rec.model, x, m, beam=1)
+    items = sorted((rec.prepare_ink(i.traces) for i in inks), key=lambda a: a.shape[::-1])
+    for k in range(0, len(items), batch):
+        chunk = items[k : k + batch]
+        rec.recognize_prepared(chunk, [""] * len(chunk), beam=1)
     return round(len(inks) / (time.perf_counter() - t0), 1)
 
 

@@ -1,11 +1,14 @@
-"""Throughput of ``hmer recognize DIR`` with --batch and --jobs, on official-like test bitmaps.
+"""Throughput of ``hmer recognize DIR`` with --batch and --jobs, on CROHME 2014 test bitmaps.
 
-Writes the first N CROHME 2014 test expressions as PNGs (as ``robustness.py --write`` does), then
-times whole ``hmer recognize DIR --format tsv`` runs (start-up and model loading included, as a
-user waits for them) for each beam / batch / jobs setting, and reports files/s, ExpRate (exact
-tokens) and how many predictions equal those of the same beam's first run::
+Writes the first N CROHME 2014 test expressions as PNGs, rendered from their ink by hmer's
+renderer (``--style hmer``, as ``hmer data render`` draws them) or drawn as official-like bitmaps
+(``--style official``, as ``robustness.py --write`` does), then times whole
+``hmer recognize DIR --format tsv`` runs (start-up and model loading included, as a user waits
+for them) for each beam / batch / jobs setting, and reports expressions (files) per second,
+ExpRate (exact tokens) and how many predictions equal those of the same beam's first run::
 
     python benchmarks/throughput.py --limit 100
+    python benchmarks/throughput.py --limit 0 --style hmer --settings 1:1:1,1:8:1,10:1:1,10:8:1
     python benchmarks/throughput.py --limit 40 --settings 1:1:1,1:16:1,1:1:2 --json
 """
 
@@ -23,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from robustness import write_test_images  # noqa: E402
 
-from hmer.data.dataset import load_cached  # noqa: E402
+from hmer.data.dataset import Split, load_cached, render_split  # noqa: E402
 from hmer.evaluation.metrics import score  # noqa: E402
 
 DEFAULT_SETTINGS = "1:1:1,1:16:1,1:1:2,1:16:2,10:1:1,10:4:1,10:1:2"
@@ -50,7 +53,15 @@ def run(folder: Path, beam: int, batch: int, jobs: int, model: str | None) -> tu
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="a .safetensors release (default: the shipped image model)")
-    p.add_argument("--limit", type=int, default=100, help="test expressions (the first N)")
+    p.add_argument(
+        "--limit", type=int, default=100, help="test expressions (the first N; 0: all 986)"
+    )
+    p.add_argument(
+        "--style",
+        choices=["official", "hmer"],
+        default="official",
+        help="official-like bitmaps (Pillow, white on black) or hmer's own renders of the ink",
+    )
     p.add_argument(
         "--settings",
         default=DEFAULT_SETTINGS,
@@ -59,15 +70,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    samples = load_cached("2014").samples[: args.limit]
+    samples = load_cached("2014").samples[: args.limit or None]
     rows: list[dict] = []
     reference: dict[int, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "png"
-        write_test_images(samples, folder)
-        truth_file = folder / "truth.tsv"
+        if args.style == "hmer":
+            folder.mkdir()
+            render_split(Split("2014", samples), folder, progress=False)
+        else:
+            write_test_images(samples, folder)
+            (folder / "truth.tsv").unlink()
         truth = {s.id: s.tokens for s in samples}
-        truth_file.unlink()
         for setting in args.settings.split(","):
             beam, batch, jobs = (int(v) for v in setting.split(":"))
             seconds, preds = run(folder, beam, batch, jobs, args.model)
@@ -81,6 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "jobs": jobs,
                     "files": len(preds),
                     "seconds": round(seconds, 1),
+                    "style": args.style,
                     "files_per_s": round(len(preds) / seconds, 2),
                     "exprate": round(score(tokens, truth)["exprate"], 1),
                     "same_as_reference": round(100 * same, 1),

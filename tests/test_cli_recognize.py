@@ -55,9 +55,19 @@ def test_compact_latex_by_default_tokens_on_request(capsys, release, images):
 
 def test_batches_and_workers_give_the_same_answers(capsys, release, images):
     base = ["--model", release, "--format", "tsv", "--beam", "1"]
-    code, plain, err = run(capsys, str(images), *base)
+    code, plain, err = run(capsys, str(images), *base, "--batch", "1")
     assert code == 0 and len(plain.splitlines()) == 5 and err == ""
+    assert run(capsys, str(images), *base)[1] == plain  # greedy: batches by default
     assert run(capsys, str(images), *base, "--batch", "3")[1] == plain
+    beam = ["--model", release, "--format", "json", "--beam", "2"]
+    alone = run(capsys, str(images), *beam, "--batch", "1")[1]
+    together = run(capsys, str(images), *beam, "--batch", "3")[1]
+    alternatives = [
+        [a["latex"] for a in json.loads(line)["alternatives"]] for line in alone.splitlines()
+    ]
+    assert alternatives == [
+        [a["latex"] for a in json.loads(line)["alternatives"]] for line in together.splitlines()
+    ]
     # Two worker processes on three chunks of two batched files each.
     assert run(capsys, str(images), *base, "--batch", "2", "--jobs", "2")[1] == plain
 

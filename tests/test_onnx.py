@@ -49,6 +49,20 @@ def test_onnx_runtime_matches_pytorch(pair, beam):
             assert abs(x.score - y.score) < 1e-3
 
 
+def test_a_batch_on_onnx_runtime_is_decoded_input_by_input(pair):
+    from hmer.data.images import prepare_image
+    from hmer.recognize import MAX_IMAGE_SIZE
+
+    torch_rec, onnx_rec, _ = pair
+    images = [prepare_image(img, max_size=MAX_IMAGE_SIZE) for img in _images()]  # as files are
+    for beam in (1, 3):
+        got = onnx_rec.recognize_prepared(images, ["a", "b", "c"], beam)
+        want = [torch_rec.recognize_prepared([img], ["x"], beam)[0] for img in images]
+        assert [[x.tokens for x in r.alternatives] for r in got] == [
+            [x.tokens for x in r.alternatives] for r in want
+        ]
+
+
 def test_export_folder_loads_by_path(pair):
     _, _, folder = pair
     rec = Recognizer.load(folder)

@@ -102,6 +102,27 @@ def test_batch_of_prepared_inputs_matches_one_at_a_time(tmp_path):
         assert [r.source for r in batch] == ["a", "b", "c"]
 
 
+def test_shipped_examples_together_get_their_answers_alone():
+    from pathlib import Path
+
+    import hmer
+
+    rec = Recognizer.load()  # the shipped default image model
+    paths = sorted((Path(hmer.__file__).parent / "examples").glob("*.png"))
+    assert len(paths) >= 5
+    inputs = [rec.prepare_file(p) for p in paths]
+    for beam in (1, 10):
+        one = [rec.recognize_file(p, beam=beam) for p in paths]
+        together = rec.recognize_prepared(inputs, [p.name for p in paths], beam)
+        assert [[a.tokens for a in r.alternatives] for r in together] == [
+            [a.tokens for a in r.alternatives] for r in one
+        ]
+        for a, b in zip(one, together, strict=True):  # the same up to rounding
+            assert [x.score for x in a.alternatives] == pytest.approx(
+                [x.score for x in b.alternatives], abs=1e-3
+            )
+
+
 def test_every_input_reaches_the_model_at_training_size():
     from serve_helpers import tiny_image_recognizer, tiny_stroke_recognizer
 

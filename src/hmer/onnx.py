@@ -132,6 +132,7 @@ class OnnxHMER:
     kind = "seq2seq"
     input_kind = "image"
     bidirectional = True
+    joins_inputs = False  # the step graph reads one input's memory
 
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
@@ -162,14 +163,20 @@ class OnnxHMER:
             raise ValueError("the ONNX runtime decodes one image at a time")
         images, masks = pad_to_stride(images, masks, STRIDE)
         kv, fmask = self.encoder.run(None, {"image": images.float().numpy(), "mask": masks.numpy()})
-        return {"memory": torch.from_numpy(kv), "fmask": fmask}
+        # "memory" is the batch-first view the searches read (batch size, device).
+        return {"memory": torch.from_numpy(kv).movedim(2, 0), "kv": kv, "fmask": fmask}
 
     def select(self, mem: dict, index: torch.Tensor) -> dict:
         return mem  # one input: every row reads the same memory
 
+    def join(self, mems: list[dict]) -> dict:
+        if len(mems) != 1:
+            raise ValueError("the ONNX runtime decodes one input at a time")
+        return mems[0]
+
     def decoder_state(self, mem: dict) -> dict:
         # Caches are made at the first step, when the number of rows is known.
-        return {"kv": mem["memory"].numpy(), "fmask": mem["fmask"], "caches": None, "t": 0}
+        return {"kv": mem["kv"], "fmask": mem["fmask"], "caches": None, "t": 0}
 
     def _empty_caches(self, rows: int, length: int) -> list[np.ndarray]:
         caches = []
@@ -195,7 +202,8 @@ class OnnxHMER:
         return torch.from_numpy(logp), state
 
     @staticmethod
-    def reorder_state(state: dict, rows: torch.Tensor) -> dict:
+    def reorder_state(state: dict, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> dict:
+        # One input: ``inputs`` (the inputs still decoding) can only be that one.
         index = rows.numpy()
         caches = state["caches"]
         return {**state, "caches": None if caches is None else [c[index] for c in caches]}

@@ -22,7 +22,7 @@ from hmer.data.latex import detokenize, is_valid, repair
 from hmer.data.render import render_natural
 from hmer.data.strokes import StrokeSpec
 from hmer.data.vocab import Vocab
-from hmer.decoding import check_deadline, recognize_batch
+from hmer.decoding import check_deadline, recognize_batch, recognize_inputs
 from hmer.weights import load_any, weights_for
 
 INK_SUFFIXES = {".inkml"}
@@ -232,23 +232,21 @@ class Recognizer:
         beam: int | None = None,
         deadline: float | None = None,
     ) -> list[Result]:
-        """Recognize inputs from ``prepare_file`` in one zero-padded batch, in order.
-
-        Greedy decoding (``beam=1``) runs the whole batch at once; beam search shares only the
-        encoder pass. Each result's ``time_ms`` is its share of the batch's time.
+        """Recognize inputs from ``prepare_file`` together, in order, with the answers each gets
+        alone (:func:`hmer.decoding.recognize_inputs`: encoded one by one, decoded as one batch,
+        greedy or beam). Inputs of similar size batch best; on a CPU batches speed up greedy
+        decoding, not beam search (README). Each result's ``time_ms`` is its share of the batch's
+        time.
         """
-        from hmer.data.batching import pad_images
-        from hmer.data.strokes import pad_points
-
         if not inputs:
             return []
         t0 = time.perf_counter()
         beam = self.beam if beam is None else beam
         deadline = self._deadline(deadline)
-        x, masks = pad_points(inputs) if self.input_kind == "strokes" else pad_images(inputs)
+        items = [self.as_batch(x) for x in inputs]
         with self._lock, torch.inference_mode():
-            hyps = recognize_batch(
-                self.model, x, masks, beam=beam, deadline=deadline, **self._limits()
+            hyps = recognize_inputs(
+                self.model, items, beam=beam, deadline=deadline, **self._limits()
             )
         ms = (time.perf_counter() - t0) * 1000 / len(inputs)
         return [self.postprocess(h, s, ms) for h, s in zip(hyps, sources, strict=True)]

@@ -8,6 +8,7 @@ Models implement :class:`hmer.models.base.Seq2SeqModel` (``encode``, ``select``,
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,18 +53,30 @@ class _Stepper:
 
     def __call__(self, prefix: torch.Tensor) -> torch.Tensor:
         if self.state is None:
-            n = prefix.shape[0]
-            if self.mem["memory"].shape[0] != n:  # one input, several beams
-                index = torch.zeros(n, dtype=torch.long, device=prefix.device)
+            n, inputs = prefix.shape[0], self.mem["memory"].shape[0]
+            if inputs != n:  # each input's rows (beams) in one block, in input order
+                index = torch.arange(inputs, device=prefix.device).repeat_interleave(n // inputs)
                 return self.model.step(self.model.select(self.mem, index), prefix)
             return self.model.step(self.mem, prefix)
         lp, self.state = self.model.step_state(prefix[:, -1], self.state)
         return lp
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Continue only the prefixes in ``rows`` (in that order)."""
+    def keep(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> None:
+        """Continue only the prefixes in ``rows`` (in that order; each from its own input's
+        block), and with ``inputs`` only those inputs (the blocks ``rows`` keeps)."""
         if self.state is not None:
-            self.state = self.model.reorder_state(self.state, rows)
+            self.state = self.model.reorder_state(self.state, rows, inputs)
+        elif inputs is not None:
+            self.mem = self.model.select(self.mem, inputs)
+
+
+def _per_input(max_len: int | Sequence[int], inputs: int) -> list[int]:
+    """One length limit per input: ``max_len`` for all, or ``max_len`` given per input."""
+    if isinstance(max_len, int):
+        return [max_len] * inputs
+    if len(max_len) != inputs:
+        raise ValueError(f"{len(max_len)} length limits for {inputs} inputs")
+    return list(max_len)
 
 
 @torch.no_grad()
@@ -72,17 +85,25 @@ def greedy(
     mem: Memory,
     batch: int,
     direction: str = "l2r",
-    max_len: int = 200,
+    max_len: int | Sequence[int] = 200,
     deadline: float | None = None,
 ) -> list[Hypothesis]:
-    """Greedy decoding of ``batch`` inputs sharing one encoded ``mem``, stopped at ``deadline``."""
+    """Greedy decoding of the ``batch`` inputs of ``mem``, stopped at ``deadline``.
+
+    ``max_len`` bounds the tokens written (the end token included), for all inputs or per input.
+    """
     start, end = model.start_tokens(direction)
     dev = mem["memory"].device
+    limits = _per_input(max_len, batch)
+    limit = torch.tensor(limits, device=dev)
     prefix = torch.full((batch, 1), start, dtype=torch.long, device=dev)
     logp = torch.zeros(batch, device=dev)
     done = torch.zeros(batch, dtype=torch.bool, device=dev)
     step = _Stepper(model, mem)
-    for _ in range(max_len):
+    for t in range(max(limits, default=0)):
+        done = done | (limit <= t)  # out of length: stops as it is
+        if done.all():
+            break
         check_deadline(deadline)
         lp = step(prefix)
         lp[:, PAD] = float("-inf")  # never emitted by a trained model; keep untrained ones sane
@@ -92,8 +113,6 @@ def greedy(
         logp = logp + torch.where(done, torch.zeros_like(best_lp), best_lp)
         prefix = torch.cat([prefix, best[:, None]], 1)
         done = done | (best == end)
-        if done.all():
-            break
     out = []
     for row, lp in zip(prefix[:, 1:].tolist(), logp.tolist(), strict=True):
         ids = row[: row.index(end)] if end in row else [i for i in row if i != PAD]
@@ -128,47 +147,71 @@ def grouped_beam_search(
     mem: Memory,
     directions: tuple[str, ...] = ("l2r", "r2l"),
     beam: int = 10,
-    max_len: int = 200,
+    max_len: int | Sequence[int] = 200,
     length_penalty: float = 1.0,
     deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
-    """Independent beam searches of ONE input, one per direction, run as one batch.
+    """Independent beam searches, one per input of ``mem`` and direction, run as one batch.
 
-    Each direction (group) keeps ``beam`` rows; all rows go through the decoder together, so a
-    step costs one decoder call however many directions there are. Rows that are not (or no
+    Each (input, direction) group keeps ``beam`` rows; all rows go through the decoder together,
+    so a step costs one decoder call however many groups there are. Rows that are not (or no
     longer) live carry a score of -inf. A group stops once no live row can beat its worst kept
-    finished hypothesis. Returns each group's hypotheses, best first.
+    finished hypothesis, or at its input's length limit (``max_len``: one for all inputs or one
+    per input), where its live rows become its hypotheses if none finished; an input whose
+    groups have all stopped leaves the batch. Returns each group's hypotheses, best first:
+    input by input, each input's directions in ``directions`` order.
     """
-    g_n, k_n = len(directions), beam
-    ends = [model.start_tokens(d) for d in directions]
+    d_n, k_n = len(directions), beam
+    limits = [n for n in _per_input(max_len, mem["memory"].shape[0]) for _ in directions]
+    group_dirs = list(directions) * (len(limits) // d_n)
+    ends = [model.start_tokens(d) for d in group_dirs]
+    finished: list[list[Hypothesis]] = [[] for _ in group_dirs]
+    done = [False] * len(group_dirs)
+    # The batch holds the groups of the inputs still decoding: ``groups[q]`` is the group of
+    # batch group q, whose rows are q * beam ... q * beam + beam - 1.
+    groups = list(range(len(group_dirs)))
     dev = mem["memory"].device
     starts = torch.tensor([s for s, _ in ends], device=dev).repeat_interleave(k_n)
     prefixes = starts[:, None]
-    scores = torch.full((g_n, k_n), float("-inf"), device=dev)
+    scores = torch.full((len(groups), k_n), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # one live row per group to begin with
-    finished: list[list[Hypothesis]] = [[] for _ in directions]
-    done = [False] * g_n
     step = _Stepper(model, mem)
-    for t in range(max_len):
+
+    def live(q: int) -> list[Hypothesis]:
+        """Batch group ``q``'s live rows as they stand, as hypotheses."""
+        out = []
+        for k, s in enumerate(scores[q].tolist()):
+            if s > float("-inf"):
+                row = prefixes[q * k_n + k, 1:].tolist()
+                ids = row[::-1] if group_dirs[groups[q]] == "r2l" else row
+                out.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+        return out
+
+    for t in range(max(limits, default=0)):
+        for q, g in enumerate(groups):
+            if not done[g] and t >= limits[g]:  # out of length: keep the live rows as they are
+                finished[g] = finished[g] or live(q)
+                done[g] = True
+        if all(done):
+            break
         check_deadline(deadline)
         lp = step(prefixes)
         lp[torch.arange(len(starts), device=dev), starts] = float("-inf")
         lp[:, PAD] = float("-inf")
         vocab = lp.shape[1]
-        total = (scores.reshape(-1, 1) + lp).view(g_n, k_n * vocab)
+        total = (scores.reshape(-1, 1) + lp).view(len(groups), k_n * vocab)
         top, idx = total.topk(min(2 * k_n, k_n * vocab), dim=1)
-        rows, toks, new_scores = [], [], []
-        for g, direction in enumerate(directions):
+        kept: list[list[tuple[int, int, float]]] = []
+        for q, g in enumerate(groups):
             keep: list[tuple[int, int, float]] = []
             if not done[g]:
-                end = ends[g][1]
-                for s, i in zip(top[g].tolist(), idx[g].tolist(), strict=True):
+                for s, i in zip(top[q].tolist(), idx[q].tolist(), strict=True):
                     if s == float("-inf"):
                         break
-                    row, tok = g * k_n + i // vocab, i % vocab
-                    if tok == end:
+                    row, tok = q * k_n + i // vocab, i % vocab
+                    if tok == ends[g][1]:
                         ids = prefixes[row, 1:].tolist()
-                        if direction == "r2l":
+                        if group_dirs[g] == "r2l":
                             ids = ids[::-1]
                         finished[g].append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
                     elif len(keep) < k_n:
@@ -181,27 +224,30 @@ def grouped_beam_search(
                         keep = []
                 done[g] = not keep
             # Dead rows keep the group's shape: any row of the group, scored -inf.
-            keep += [(g * k_n, PAD, float("-inf"))] * (k_n - len(keep))
-            for row, tok, s in keep:
-                rows.append(row)
-                toks.append(tok)
-                new_scores.append(s)
+            kept.append(keep + [(q * k_n, PAD, float("-inf"))] * (k_n - len(keep)))
         if all(done):
             break
-        rows_t = torch.tensor(rows, device=dev)
-        prefixes = torch.cat([prefixes[rows_t], torch.tensor(toks, device=dev)[:, None]], 1)
-        step.keep(rows_t)
-        scores = torch.tensor(new_scores, device=dev).view(g_n, k_n)
+        # Inputs whose every group has stopped leave the batch (their rows cost as live ones).
+        stay = [
+            a
+            for a in range(len(groups) // d_n)
+            if not all(done[g] for g in groups[a * d_n : (a + 1) * d_n])
+        ]
+        inputs = None
+        if len(stay) * d_n < len(groups):
+            inputs = torch.tensor(stay, device=dev)
+            qs = [a * d_n + j for a in stay for j in range(d_n)]
+            groups, kept = [groups[q] for q in qs], [kept[q] for q in qs]
+            starts = starts.view(-1, k_n)[torch.tensor(qs, device=dev)].reshape(-1)
+        rows = torch.tensor([r for keep in kept for r, _, _ in keep], device=dev)
+        toks = torch.tensor([tok for keep in kept for _, tok, _ in keep], device=dev)
+        prefixes = torch.cat([prefixes[rows], toks[:, None]], 1)
+        step.keep(rows, inputs)
+        scores = torch.tensor([s for keep in kept for *_, s in keep], device=dev).view(-1, k_n)
     out = []
-    for g, direction in enumerate(directions):
-        if not finished[g]:  # ran out of length: keep the live beams as they are
-            for k in range(k_n):
-                s = float(scores[g, k])
-                if s == float("-inf"):
-                    continue
-                row = prefixes[g * k_n + k, 1:].tolist()
-                ids = row[::-1] if direction == "r2l" else row
-                finished[g].append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+    for g in range(len(group_dirs)):
+        if not finished[g] and g in groups:  # ran out of length: the live rows as they are
+            finished[g] = live(groups.index(g))
         finished[g].sort(key=lambda h: -h.score)
         out.append(finished[g][:k_n])
     return out
@@ -240,21 +286,56 @@ def bidirectional_beam_search(
     length_penalty: float = 1.0,
     deadline: float | None = None,
 ) -> list[Hypothesis]:
-    """Beam search in both directions, each hypothesis rescored by the opposite direction.
+    """Beam search of ONE input in both directions, each hypothesis rescored by the opposite
+    direction.
 
     The final score is the mean of both directions' length-normalized log-probabilities.
     """
-    pool: dict[tuple[int, ...], Hypothesis] = {}
     both = grouped_beam_search(model, mem, ("l2r", "r2l"), beam, max_len, length_penalty, deadline)
-    for hyps in both:
-        for h in hyps:
-            pool.setdefault(tuple(h.ids), h)
-    ids = [list(k) for k in pool]
-    l2r = sequence_logprob(model, mem, ids, "l2r")
-    r2l = sequence_logprob(model, mem, ids, "r2l")
+    return rescore_both_ways(model, mem, [h for hyps in both for h in hyps], beam, length_penalty)
+
+
+@torch.no_grad()
+def rescore_both_ways(
+    model: Seq2SeqModel,
+    mem: Memory,
+    hyps: list[Hypothesis],
+    beam: int = 10,
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """ONE input's distinct hypotheses (``mem`` of batch 1), each scored by the mean of both
+    directions' length-normalized log-probabilities; the best ``beam``, best first."""
+    ids = list(dict.fromkeys(tuple(h.ids) for h in hyps))
+    l2r = sequence_logprob(model, mem, [list(k) for k in ids], "l2r")
+    r2l = sequence_logprob(model, mem, [list(k) for k in ids], "r2l")
     out = []
     for seq, a, b in zip(ids, l2r, r2l, strict=True):
         norm = (len(seq) + 1) ** length_penalty
-        out.append(Hypothesis(seq, (a + b) / 2, (a + b) / 2 / norm))
+        out.append(Hypothesis(list(seq), (a + b) / 2, (a + b) / 2 / norm))
     out.sort(key=lambda h: -h.score)
     return out[:beam]
+
+
+@torch.no_grad()
+def beam_search_batch(
+    model: Seq2SeqModel,
+    mem: Memory,
+    beam: int = 10,
+    max_len: int | Sequence[int] = 200,
+    length_penalty: float = 1.0,
+    deadline: float | None = None,
+) -> list[list[Hypothesis]]:
+    """The beam search the model calls for (both directions with rescoring when
+    ``model.bidirectional``, else left to right) of every input of ``mem`` in one batch;
+    ``max_len`` for all inputs or per input. Each input's hypotheses, best first."""
+    if not model.bidirectional:
+        return grouped_beam_search(model, mem, ("l2r",), beam, max_len, length_penalty, deadline)
+    groups = grouped_beam_search(
+        model, mem, ("l2r", "r2l"), beam, max_len, length_penalty, deadline
+    )
+    out = []
+    for i in range(len(groups) // 2):
+        one = model.select(mem, torch.tensor([i], device=mem["memory"].device))
+        hyps = groups[2 * i] + groups[2 * i + 1]
+        out.append(rescore_both_ways(model, one, hyps, beam, length_penalty))
+    return out

@@ -68,6 +68,7 @@ class Seq2SeqModel(HMERModel, Protocol):
     """An encoder and an autoregressive decoder over its memory."""
 
     bidirectional: bool  # also decodes right to left (beam search rescores with both)
+    joins_inputs: bool  # ``join`` takes several memories (else inputs decode one at a time)
 
     def encode(self, inputs: torch.Tensor, masks: torch.Tensor) -> Memory:
         """Inputs and padding masks -> the decoder's memory, one row per input."""
@@ -75,6 +76,11 @@ class Seq2SeqModel(HMERModel, Protocol):
 
     def select(self, mem: Memory, index: torch.Tensor) -> Memory:
         """The memory rows in ``index`` order."""
+        ...
+
+    def join(self, mems: list[Memory]) -> Memory:
+        """Memories of separately encoded inputs as one batch, which decoding reads as it reads
+        each of them alone (each padded to the largest, the padding masked)."""
         ...
 
     def start_tokens(self, direction: str) -> tuple[int, int]:
@@ -108,8 +114,12 @@ class IncrementalDecoder(Protocol):
         """Log-probabilities (N,V) after feeding the newest tokens ``last`` (N,)."""
         ...
 
-    def reorder_state(self, state: dict, rows: torch.Tensor) -> dict:
-        """The state rows in ``rows`` order (the beams that survive)."""
+    def reorder_state(
+        self, state: dict, rows: torch.Tensor, inputs: torch.Tensor | None = None
+    ) -> dict:
+        """The state rows in ``rows`` order (the beams that survive). The state's N rows read a
+        memory of B inputs in B blocks of N / B rows; ``rows`` keeps every row in its block, and
+        with ``inputs`` (input indices) only those inputs' blocks, whose memory alone stays."""
         ...
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hmer.models.base import Memory
+from hmer.models.encoders import join_maps
 from hmer.models.positional import WordPosEnc, _sinusoid
 from hmer.models.targets import EOS, LABEL_SMOOTHING, PAD, SOS, teacher_forcing, token_loss
 
@@ -47,22 +48,33 @@ class CoverageRefiner(nn.Module):
         x = cum.transpose(1, 2).reshape(b * t, c, h, w)
         x = F.relu(self.conv(x))
         # mem_pad may have one row shared by all b (beams of one input): expand, don't copy.
-        pad = mem_pad.view(-1, 1, 1, h, w).expand(b, t, 1, h, w).reshape(b * t, 1, h, w)
+        pad = _per_row(mem_pad, b).view(-1, 1, 1, h, w).expand(b, t, 1, h, w)
+        pad = pad.reshape(b * t, 1, h, w)
         x = self.proj(x.masked_fill(pad, 0.0))
         return x.view(b, t, -1, n).transpose(1, 2)
 
 
 def _matmul_shared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for a (N,heads,T,x) and b (N or 1,heads,x,y).
+    """``a @ b`` for a (N,heads,T,x) and b (B,heads,x,y), B dividing N: row n of ``a`` reads
+    ``b[n // (N / B)]`` (each input's rows in one block).
 
-    When all N rows read one memory row (beams of one input), the rows are folded into T: a
-    broadcast matmul would first copy ``b`` N times.
+    When several rows read one memory row (beams of an input), each block's rows are folded into
+    T: a broadcast matmul would first copy ``b`` for every row.
     """
-    if b.shape[0] != 1:
-        return a @ b
     n, h, t, x = a.shape
-    out = a.transpose(0, 1).reshape(1, h, n * t, x) @ b
-    return out.view(h, n, t, -1).transpose(0, 1)
+    inputs = b.shape[0]
+    if inputs > 1 and inputs == n:  # (inputs > 1 first: ONNX export traces the shared case)
+        return a @ b
+    r = n // inputs
+    out = a.view(inputs, r, h, t, x).transpose(1, 2).reshape(inputs, h, r * t, x) @ b
+    return out.view(inputs, h, r, t, -1).transpose(1, 2).reshape(n, h, t, -1)
+
+
+def _per_row(mem_pad: torch.Tensor, n: int) -> torch.Tensor:
+    """Memory padding (B,L) for N rows in B blocks (one row shared by all stays one row)."""
+    if mem_pad.shape[0] in (1, n):
+        return mem_pad
+    return mem_pad.repeat_interleave(n // mem_pad.shape[0], 0)
 
 
 class DecoderLayer(nn.Module):
@@ -94,7 +106,7 @@ class DecoderLayer(nn.Module):
         b, t, d = h.shape
         q = self.q(h).view(b, t, self.nhead, d // self.nhead).transpose(1, 2)
         scores = _matmul_shared(q, k.transpose(-1, -2)).float() / math.sqrt(d // self.nhead)
-        scores = scores.masked_fill(mem_pad[:, None, None, :], float("-inf"))
+        scores = scores.masked_fill(_per_row(mem_pad, b)[:, None, None, :], float("-inf"))
         if self.arm is None:
             return scores, None
         raw = scores.softmax(-1)
@@ -148,6 +160,7 @@ class CoverageDecoderModel(nn.Module):
 
     kind = "seq2seq"
     bidirectional = True
+    joins_inputs = True
 
     def __init__(
         self,
@@ -184,6 +197,10 @@ class CoverageDecoderModel(nn.Module):
     def select(self, mem: Memory, index: torch.Tensor) -> Memory:
         """Memory rows in ``index`` order (for batching hypotheses)."""
         return {"memory": mem["memory"][index], "mem_pad": mem["mem_pad"][index], "hw": mem["hw"]}
+
+    def join(self, mems: list[Memory]) -> Memory:
+        """Memories of separately encoded inputs as one batch (see ``join_maps``)."""
+        return join_maps(mems)
 
     # -- decoder -----------------------------------------------------------------------------
     def _layers(self, mem: Memory, tgt: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -238,20 +255,18 @@ class CoverageDecoderModel(nn.Module):
         return self.head(self.final_norm(x))[:, -1].float().log_softmax(-1), state
 
     @staticmethod
-    def reorder_state(state: dict, rows: torch.Tensor) -> dict:
-        """Keep the state rows in ``rows`` order (beams that survived).
+    def reorder_state(state: dict, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> dict:
+        """Keep the state rows in ``rows`` order (beams that survived), and with ``inputs`` only
+        those inputs' memory.
 
-        Memory keys/values of a single input stay one row that every beam broadcasts against:
-        copying them per beam at every step cost more than the decoder itself.
+        Memory keys/values stay one row per input that its block of beams reads: copying them
+        per beam at every step cost more than the decoder itself.
         """
-        shared = state["mem_pad"].shape[0] == 1
-        return {
-            "kv": state["kv"] if shared else [(k[rows], v[rows]) for k, v in state["kv"]],
-            "mem_pad": state["mem_pad"] if shared else state["mem_pad"][rows],
-            "hw": state["hw"],
-            "layers": [{k: v[rows] for k, v in c.items()} for c in state["layers"]],
-            "t": state["t"],
-        }
+        out = {**state, "layers": [{k: v[rows] for k, v in c.items()} for c in state["layers"]]}
+        if inputs is not None:
+            out["kv"] = [(k[inputs], v[inputs]) for k, v in state["kv"]]
+            out["mem_pad"] = state["mem_pad"][inputs]
+        return out
 
     def start_tokens(self, direction: str) -> tuple[int, int]:
         """(start, end) token ids of a direction: "l2r" or "r2l"."""

@@ -31,6 +31,27 @@ def downsample_mask(mask: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
     return pooled.squeeze(1).bool()
 
 
+def join_maps(mems: list[dict], fields: tuple[str, ...] = ("memory",)) -> dict:
+    """Memories of separately encoded inputs as one batch, padded to the largest map.
+
+    Each memory's ``fields`` (B,h*w,...) and its ``mem_pad`` (B,h*w) are laid out on its
+    ``hw`` = (h, w) map and padded to the largest (H, W), ``mem_pad`` True in the padding. Attention
+    never reads padded cells, so decoding the batch reads what decoding each input alone reads.
+    """
+    rows = max(m["hw"][0] for m in mems)
+    cols = max(m["hw"][1] for m in mems)
+    out: dict = {"hw": (rows, cols)}
+    for name in (*fields, "mem_pad"):
+        parts = []
+        for m in mems:
+            (h, w), x = m["hw"], m[name]
+            grid = x.new_full((x.shape[0], rows, cols, *x.shape[2:]), name == "mem_pad")
+            grid[:, :h, :w] = x.view(x.shape[0], h, w, *x.shape[2:])
+            parts.append(grid.flatten(1, 2))
+        out[name] = torch.cat(parts)
+    return out
+
+
 class _Bottleneck(nn.Module):
     def __init__(self, cin: int, growth: int, dropout: float):
         super().__init__()

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from hmer.models.base import Memory
-from hmer.models.encoders import build_encoder, downsample_mask, pad_to_stride
+from hmer.models.encoders import build_encoder, downsample_mask, join_maps, pad_to_stride
 from hmer.models.registry import register
 from hmer.models.targets import EOS, LABEL_SMOOTHING, SOS, teacher_forcing, token_loss
 
@@ -71,6 +71,7 @@ class Seq2SeqHMER(nn.Module):
     kind = "seq2seq"
     input_kind = "image"
     bidirectional = False
+    joins_inputs = True
 
     def __init__(
         self,
@@ -132,6 +133,11 @@ class Seq2SeqHMER(nn.Module):
         out = {k: mem[k][index] for k in ("memory", "keys", "mem_pad")}
         cpu_index = index.cpu()
         return {**out, "hw": mem["hw"], "rows": mem["rows"][cpu_index], "cache": mem["cache"]}
+
+    def join(self, mems: list[Memory]) -> Memory:
+        """Memories of separately encoded inputs as one batch (see ``join_maps``)."""
+        out = join_maps(mems, ("memory", "keys"))
+        return {**out, "rows": torch.arange(len(out["memory"])), "cache": {}}
 
     # -- decoder -----------------------------------------------------------------------------
     def _start(self, mem: Memory) -> tuple[torch.Tensor, torch.Tensor | None]:
