@@ -433,6 +433,8 @@ def test_serve_command_loads_the_shipped_defaults_by_the_routing_rule(
         return shipped[kind]
 
     monkeypatch.setattr(hmer.weights, "default_weights", default_weights)
+    # The routing rule alone, without the shipped fusion default.
+    monkeypatch.setattr(hmer.weights, "FUSION_PARAMS", tmp_path / "no-fusion.json")
     parse = build_parser().parse_args
     recs = _load(parse(["serve"]))
     assert {n: r.input_kind for n, r in recs.items()} == {"img": "image", "pen": "strokes"}

@@ -387,7 +387,7 @@ def test_routes_and_the_symbol_classifier_share_one_app(make_app):
         assert resp.status_code == 200 and len(resp.json()["candidates"]) == 1
 
 
-def test_serve_ink_route_loads_the_stroke_model_it_needs(monkeypatch, releases):
+def test_serve_ink_route_loads_the_stroke_model_it_needs(monkeypatch, releases, tmp_path):
     import hmer.interfaces.cli_serve as cli_serve
     import hmer.weights
     from hmer.cli import build_parser
@@ -403,7 +403,11 @@ def test_serve_ink_route_loads_the_stroke_model_it_needs(monkeypatch, releases):
     monkeypatch.setattr(hmer.weights, "default_weights", default_weights)
     monkeypatch.setattr(hmer.weights, "shipped_weights", lambda kind: Path(strokes))
     parse = build_parser().parse_args
-    assert list(cli_serve._load(parse(["serve"]))) == ["img"]  # today's default: image only
+    params = tmp_path / "fusion.json"
+    monkeypatch.setattr(hmer.weights, "FUSION_PARAMS", params)
+    for default_for_ink, loaded in ((False, ["img"]), (True, ["img", "pen"])):
+        params.write_text(json.dumps({"default_for_ink": default_for_ink}))
+        assert list(cli_serve._load(parse(["serve"]))) == loaded  # what the default route needs
     recs = cli_serve._load(parse(["serve", "--ink-route", "fusion"]))
     assert {n: r.input_kind for n, r in recs.items()} == {"img": "image", "pen": "strokes"}
     with pytest.raises(ValueError, match="needs a stroke model"):

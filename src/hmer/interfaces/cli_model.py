@@ -313,9 +313,12 @@ def _recognizer_for(
     max_len: int | None = None,
 ):
     from hmer.recognize import Recognizer, input_kind_of
-    from hmer.weights import weights_for
+    from hmer.weights import ink_route, weights_for
 
-    if input_kind_of(path) == "strokes" and (route or stroke_model):
+    pen = input_kind_of(path) == "strokes"
+    if pen and not (route or stroke_model or model) and ink_route() == "fusion":
+        route = "fusion"  # the shipped default for pen input (weights/fusion.json)
+    if pen and (route or stroke_model):
         from hmer.fusion import ink_recognizer
 
         route = route or "strokes"  # a stroke model given for pen input reads it

@@ -110,11 +110,14 @@ def _load(args: argparse.Namespace) -> dict:
 
 def ink_route_of(args: argparse.Namespace) -> str | None:
     """The route pen input takes: ``--ink-route``, else fusion when the shipped parameters make
-    it the default; None: the stroke model when one is loaded, else the image model."""
+    it the default (unless ``--stroke-model none`` leaves it no stroke model); None: the stroke
+    model when one is loaded, else the image model."""
     from hmer.weights import ink_route
 
     if args.ink_route:
         return args.ink_route
+    if args.stroke_model == "none":
+        return None
     return "fusion" if ink_route() == "fusion" else None
 
 
