@@ -677,13 +677,20 @@ _RECOGNIZE_BODY = {
         },
     }
 }
-_RECOGNIZE_ROUTE: dict[str, Any] = {
-    "methods": ["POST"],
-    "response_model": RecognizeResponse,
-    "tags": ["recognition"],
-    "openapi_extra": _RECOGNIZE_BODY,
-    "responses": {s: {"model": ErrorResponse} for s in (400, 403, 413, 415, 422, 500, 503)},
-}
+
+
+def _post_route(response_model: type, body: dict) -> dict[str, Any]:
+    """The options of a recognition POST route: its answer, its documented bodies and errors."""
+    return {
+        "methods": ["POST"],
+        "response_model": response_model,
+        "tags": ["recognition"],
+        "openapi_extra": body,
+        "responses": {s: {"model": ErrorResponse} for s in (400, 403, 413, 415, 422, 500, 503)},
+    }
+
+
+_RECOGNIZE_ROUTE = _post_route(RecognizeResponse, _RECOGNIZE_BODY)
 
 
 _SYMBOL_BODY = {
@@ -706,13 +713,7 @@ _SYMBOL_BODY = {
         },
     }
 }
-_SYMBOL_ROUTE: dict[str, Any] = {
-    "methods": ["POST"],
-    "response_model": SymbolResponse,
-    "tags": ["recognition"],
-    "openapi_extra": _SYMBOL_BODY,
-    "responses": {s: {"model": ErrorResponse} for s in (400, 403, 413, 415, 422, 500, 503)},
-}
+_SYMBOL_ROUTE = _post_route(SymbolResponse, _SYMBOL_BODY)
 
 
 def _beam_query(max_beam: int | None = None) -> Any:
