@@ -39,7 +39,8 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     ("argv", "tokens", "model", "score"),
     [
         ([EXAMPLES / "example.png"], "H = - B + V", "comer-small", 0.6899),
-        ([EXAMPLES / "example.inkml"], "H = - B + V", "comer-small", 0.8353),  # rendered
+        ([EXAMPLES / "example.inkml", "--route", "image"], "H = - B + V", "comer-small", 0.8353),
+        ([EXAMPLES / "example.inkml"], "H = - B + V", "comer-small+strokes", 0.7672),  # fusion
         (
             [EXAMPLES / "example.inkml", "--model", WEIGHTS_DIR / "strokes.safetensors"],
             "H = B + V",
@@ -47,7 +48,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
             None,
         ),
     ],
-    ids=["png", "inkml-rendered", "inkml-strokes"],
+    ids=["png", "inkml-rendered", "inkml-fusion", "inkml-strokes"],
 )
 def test_shipped_models_read_the_shipped_examples(capsys, argv, tokens, model, score):
     code, out, err = run(capsys, "recognize", *argv, "--format", "json")
@@ -77,6 +78,8 @@ def test_inkml_goes_to_the_stroke_model_when_one_is_the_default(
     image = tiny_image_release(tmp_path / "tiny-image.safetensors")
     defaults = {"image": Path(image), "strokes": Path(tiny_stroke_release)}
     monkeypatch.setattr(hmer.weights, "default_weights", lambda kind: defaults[kind])
+    # The routing rule alone, without the shipped fusion default.
+    monkeypatch.setattr(hmer.weights, "FUSION_PARAMS", tmp_path / "no-fusion.json")
     (tmp_path / "a.png").write_bytes(png_bytes())
     (tmp_path / "b.inkml").write_text(make_inkml(write(["x", "+", "1"])))
     code, out, _ = run(capsys, "recognize", tmp_path, "--format", "json", "--beam", "1")
