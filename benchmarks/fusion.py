@@ -40,9 +40,7 @@ from hmer.evaluation.fusion_fit import (
 )
 from hmer.fusion import ROLES, FusionRecognizer, load_params
 from hmer.training.config import DataConfig
-from hmer.weights import load_checkpoint, load_weights, sha256
-
-ROUTE_NAMES = ("image", "strokes", "fusion")
+from hmer.weights import ROUTES, load_checkpoint, load_weights, sha256
 
 
 def holdout_of(path: Path) -> tuple[str, int, str]:
@@ -124,8 +122,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     def exprates(subset: list) -> dict:
         return {
-            r: round(route_metrics(subset, r, params, vocab, beam)["exprate"], 2)
-            for r in ROUTE_NAMES
+            r: round(route_metrics(subset, r, params, vocab, beam)["exprate"], 2) for r in ROUTES
         }
 
     ece = {
@@ -183,7 +180,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         "strokes_weight": params.strokes_weight,
         "temperature": round(params.temperature, 4),
     }
-    for route in ROUTE_NAMES:
+    for route in ROUTES:
         m = route_metrics(cases, route, params, vocab, beam)
         report[route] = {k: round(m[k], 2) for k in ("exprate", "le1", "le2", "wer", "ece")}
     for single in ("image", "strokes"):

@@ -30,6 +30,7 @@ from hmer.data.dataset import load_cached
 from hmer.data.inkml import Ink
 from hmer.fusion import ink_recognizer
 from hmer.recognize import Recognizer
+from hmer.weights import ROUTES
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float, float]:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers")
     p.add_argument(
         "--route",
-        choices=["image", "strokes", "fusion"],
+        choices=ROUTES,
         help="the pen-input route to time, as hmer recognize --route (--model: its image model, "
         "or the stroke model of 'strokes')",
     )

@@ -655,28 +655,30 @@ async def docs(request: Request) -> HTMLResponse:
     )
 
 
-_RECOGNIZE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "beam": {"type": "integer"},
-                        "model": {"type": "string"},
-                        "route": {"type": "string", "enum": list(READER_ROUTES)},
-                        "style": {"type": "string", "enum": ["latex", "tokens", "mathml"]},
-                    },
-                }
-            },
-            "application/json": {"schema": StrokesRequest.model_json_schema()},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
+def _upload_body(fields: dict, json_model: type[BaseModel], inkml: bool = False) -> dict:
+    """The documented request bodies of an upload route: a multipart ``file`` beside ``fields``,
+    the JSON ``json_model``, a raw InkML body if ``inkml``, and a raw image."""
+    file = {"type": "string", "format": "binary"}
+    form = {"type": "object", "required": ["file"], "properties": {"file": file, **fields}}
+    content = {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": json_model.model_json_schema()},
     }
-}
+    if inkml:
+        content["application/inkml+xml"] = {"schema": {"type": "string"}}
+    content["image/*"] = {"schema": file}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_RECOGNIZE_BODY = _upload_body(
+    {
+        "beam": {"type": "integer"},
+        "model": {"type": "string"},
+        "route": {"type": "string", "enum": list(READER_ROUTES)},
+        "style": {"type": "string", "enum": ["latex", "tokens", "mathml"]},
+    },
+    StrokesRequest,
+)
 
 
 def _post_route(response_model: type, body: dict) -> dict[str, Any]:
@@ -693,26 +695,10 @@ def _post_route(response_model: type, body: dict) -> dict[str, Any]:
 _RECOGNIZE_ROUTE = _post_route(RecognizeResponse, _RECOGNIZE_BODY)
 
 
-_SYMBOL_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "top": {"type": "integer", "minimum": 1, "maximum": MAX_TOP},
-                    },
-                }
-            },
-            "application/json": {"schema": SymbolRequest.model_json_schema()},
-            "application/inkml+xml": {"schema": {"type": "string"}},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+_SYMBOL_BODY = _upload_body(
+    {"top": {"type": "integer", "minimum": 1, "maximum": MAX_TOP}}, SymbolRequest, inkml=True
+)
+
 _SYMBOL_ROUTE = _post_route(SymbolResponse, _SYMBOL_BODY)
 
 
