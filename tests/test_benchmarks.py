@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ HAVE_CROHME = (default_data_dir() / "TrainINKML.tar.gz").exists()
 def load_benchmark(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -60,3 +62,33 @@ def test_throughput_benchmark_times_batches_and_workers(tmp_path):
     assert [(r["batch"], r["jobs"]) for r in rows] == [(1, 1), (2, 1)]
     assert all(r["files"] == 4 and r["files_per_s"] > 0 and 0 <= r["exprate"] <= 100 for r in rows)
     assert rows[0]["same_as_reference"] == 100.0 and rows[1]["same_as_reference"] == 100.0
+
+
+@pytest.mark.skipif(not HAVE_CROHME, reason="CROHME data not available")
+def test_family_table_trains_scores_and_tabulates_a_row_resumably(tmp_path, capsys):
+    families = load_benchmark("families")
+    tiny = ["data.train_limit=24", "data.val_size=4", "data.pixels_per_batch=24576"]
+    args = ["run", "crnn", "--dir", str(tmp_path), "--budget", "0.25", "--limit", "2"]
+    args += ["--rate", "5", *(a for kv in tiny for a in ("--set", kv))]
+    families.main(args)
+    row = (tmp_path / "crnn" / "row.json").read_text()
+    assert '"rate": 5.0' in row and '"epochs_planned": 1' in row
+    capsys.readouterr()
+    families.main(["table", "--dir", str(tmp_path)])
+    table = capsys.readouterr().out
+    (line,) = [r for r in table.splitlines() if "`configs/crnn.toml`" in r]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[0] == "CNN + BiLSTM + CTC" and 0 <= float(cells[5]) <= 100
+    assert 0 < float(cells[4].split()[0]) <= 1  # trained within its quarter-minute budget
+    steps = (tmp_path / "crnn" / "steps.log").read_text()
+    families.main(args)  # every step done: nothing runs again
+    assert (tmp_path / "crnn" / "steps.log").read_text().count("budget") == steps.count("budget")
+
+
+def test_family_calibration_rate_leaves_out_the_first_steps(tmp_path):
+    # 40 samples in the first 10 s (new shapes), then 10/s: the rate past step 20 is 10/s.
+    rows = ["step,epoch,loss,lr,samples_per_s,cpu_hours"]
+    for step, seen, seconds in [(20, 40, 10), (40, 140, 20), (60, 240, 30)]:
+        rows.append(f"{step},0,1.0,0.001,{seen / seconds},{seconds / 3600}")
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    assert load_benchmark("families").measured_rate(tmp_path) == pytest.approx(10.0)

@@ -384,3 +384,23 @@ def test_a_run_that_fails_releases_its_log_files(tmp_path, samples, vocab, monke
             continue
     assert not [p for p in held if p.startswith(str(run.resolve()))]  # log.csv, the tb events
     assert failure.traceback
+
+
+def test_a_time_budget_stops_mid_epoch_and_a_larger_one_goes_on(tmp_path, samples, vocab):
+    # A budget spent after the first step stops there, validated and saved; resumed without a
+    # budget the run ends where a run without one ends, with the same weights.
+    splits = {"train": samples, "val": samples}
+    cfg = tiny_config(epochs=2)
+    cfg["vocab"] = vocab.to_json()
+    straight = train(cfg, tmp_path / "straight", samples=splits)
+    budget = {**cfg, "train": {**cfg["train"], "max_minutes": 1e-9}}
+    stopped = train(budget, tmp_path / "budget", samples=splits)
+    assert (stopped["epoch"], stopped["batch"], stopped["step"]) == (0, 1, 1)
+    assert (tmp_path / "budget" / "best.pt").exists()
+    assert len((tmp_path / "budget" / "eval.csv").read_text().splitlines()) == 2  # one val row
+    again = train(budget, tmp_path / "budget", resume=True, samples=splits)
+    assert again["step"] == 1  # the same budget is spent already
+    resumed = train(cfg, tmp_path / "budget", resume=True, samples=splits)
+    assert resumed["step"] == straight["step"] and resumed["epoch"] == 2
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "budget")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -196,6 +196,9 @@ training options (config [train] keys; set them with --set train.KEY=VALUE):
                                    (0, the default: never)
   eval_max_len = N                 most tokens a validation decode writes (0: 8 + twice the
                                    longest truth); the model's own limit is model.max_len
+  max_minutes = M                  stop after M minutes of training, validating and saving
+                                   where it stops (0: no limit); --resume with a larger M
+                                   goes on from that batch
 examples:
   hmer train configs/wap.toml --set train.optimizer=sgd --set train.lr=0.05 \\
       --set train.scheduler=plateau --set train.patience=6

@@ -76,6 +76,10 @@ class TrainConfig:
     )
     seed: int = 1
     checkpoint_minutes: float = 5.0
+    # Stop after this many minutes of training (validation and checkpoints not counted), with a
+    # validation and a checkpoint at the stop; a resumed run with a larger budget goes on from
+    # that batch (0: no limit). Fixed-budget comparisons set it with epochs planned to fill it.
+    max_minutes: float = 0.0
     test_every: int = 2  # epochs between test-set evaluations (0: never)
     patience: int = 0  # stop after this many validations without gain (0: never)
     eval_max_len: int = 0  # most tokens a validation decode writes (0: 8 + twice the longest truth)
@@ -120,7 +124,9 @@ PROBABILITIES = {
     ("symbols", "dropout"),
 }
 # Numbers that must not be negative, and the one factor that must lie strictly between 0 and 1.
-NON_NEGATIVE = {("train", k) for k in ("min_lr", "plateau_patience", "patience", "eval_max_len")}
+NON_NEGATIVE = {
+    ("train", k) for k in ("min_lr", "plateau_patience", "patience", "eval_max_len", "max_minutes")
+}
 FACTORS = {("train", "plateau_factor")}
 
 

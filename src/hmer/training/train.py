@@ -8,7 +8,8 @@ from the exact batch where the last checkpoint was taken, with optimizer, schedu
 The optimizer is AdamW or SGD with momentum (``train.optimizer``); the learning rate warms up
 linearly, then follows a cosine decay or, with ``train.scheduler = "plateau"``, is cut whenever
 validation ExpRate stops improving. Every epoch ends with validation (loss, greedy ExpRate, WER,
-CER), the selection of ``best.pt`` and optional early stopping (``train.patience``).
+CER), the selection of ``best.pt`` and optional early stopping (``train.patience``); a run can
+also stop at a training-time budget (``train.max_minutes``), validating where it stops.
 """
 
 from __future__ import annotations
@@ -693,8 +694,9 @@ def train(
 
         # ---- loop ------------------------------------------------------------------------------
         last_ckpt = time.time()
+        budget_s = 60 * tc.max_minutes or math.inf
         model.train()
-        while state["epoch"] < tc.epochs:
+        while state["epoch"] < tc.epochs and state["seconds"] < budget_s:
             epoch = state["epoch"]
             epoch_data = make_batches(
                 data.train,
@@ -715,6 +717,7 @@ def train(
                 batches, total=n_batches, desc=f"epoch {epoch}", disable=not main, mininterval=30
             )
             meter = Meter()
+            spent = False
             for batch in bar:
                 lr = learning_rate(state["step"], total_steps, tc, plateau)
                 loss = train_step(ddp, optimizer, params, batch, lr, tc, bf16)
@@ -733,9 +736,15 @@ def train(
                     meter.start(now)
                     checkpoint()
                     last_ckpt = now
+                if state["seconds"] + now - meter.t0 >= budget_s:
+                    spent = True  # validated and checkpointed below, mid-epoch
+                    break
             state["seconds"] += time.time() - meter.t0
-            state["epoch"] += 1
-            state["batch"] = 0
+            if spent:
+                print(f"training budget of {tc.max_minutes:g} minutes spent", flush=True)
+            else:
+                state["epoch"] += 1
+                state["batch"] = 0
 
             # ---- evaluation, selection (rank 0) and the plateau schedule (every rank) ---------
             val_rate = None
