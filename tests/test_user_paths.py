@@ -180,6 +180,40 @@ def test_export_then_load_gives_the_checkpoints_model(capsys, tmp_path, vocab, i
         torch.testing.assert_close(half.decode(half.encode(x, m), tgt), want, atol=2e-2, rtol=0)
 
 
+def _crnn_checkpoint(path, vocab, seed: int, hidden: int = 8) -> dict:
+    from hmer.training.train import save_checkpoint
+
+    cfg = {"name": "crnn", "encoder_cfg": {"widths": [8, 8, 8, 8]}, "hidden": hidden}
+    torch.manual_seed(seed)
+    model = create_model("crnn", len(vocab), **{k: v for k, v in cfg.items() if k != "name"})
+    state = {"epoch": seed, "batch": 0, "step": 10 * seed, "best": 1.0, "seconds": 1.0}
+    config = {"model": cfg, "data": {}, "train": {}}
+    ckpt = {"model": model.state_dict(), "optimizer": {}, "state": state, "config": config}
+    save_checkpoint(path, {**ckpt, "vocab": vocab.to_json()})
+    return model.state_dict()
+
+
+def test_export_averages_the_weights_of_several_checkpoints(capsys, tmp_path, vocab):
+    paths = [tmp_path / f"ep{epoch}.pt" for epoch in (1, 2, 3)]
+    weights = [_crnn_checkpoint(path, vocab, seed) for seed, path in enumerate(paths, 1)]
+    out = tmp_path / "mean.safetensors"
+    code, text, _ = run(capsys, "export", *paths, "-o", out, "--fp32")
+    assert code == 0 and f"wrote {out}" in text
+    model, _, meta = load_model(out)
+    assert meta["info"]["state"]["averaged_epochs"] == [1, 2, 3]
+    got = model.state_dict()
+    for key, last in weights[-1].items():
+        if last.is_floating_point():
+            want = sum(w[key] for w in weights) / 3
+            torch.testing.assert_close(got[key], want, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(got[key], last)  # BatchNorm counts: the last checkpoint's
+
+    _crnn_checkpoint(tmp_path / "other.pt", vocab, 9, hidden=16)
+    code, _, err = run(capsys, "export", paths[0], tmp_path / "other.pt", "-o", out)
+    assert code == 1 and "not the same model" in err and "Traceback" not in err
+
+
 # -- explain, for every family ---------------------------------------------------------------
 
 CNN = {"widths": [8, 8, 8, 8], "dropout": 0.0}

@@ -159,6 +159,27 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def average_checkpoints(paths: list[str | Path]) -> dict:
+    """One checkpoint whose weights are the mean of those of ``paths`` (the same model trained
+    on; the last checkpoint's config, vocabulary and run state), as weight averaging of the
+    last epochs' checkpoints uses. Integer tensors (BatchNorm's step counts) are the last's."""
+    ckpts = [load_checkpoint(p) for p in paths]
+    last = ckpts[-1]
+    for path, ckpt in zip(paths, ckpts, strict=True):
+        same = ckpt["config"]["model"] == last["config"]["model"] and ckpt["vocab"] == last["vocab"]
+        if not same or ckpt["model"].keys() != last["model"].keys():
+            raise WeightsError(f"{path}: not the same model as {paths[-1]}; cannot average them")
+    mean = {}
+    for key, tensor in last["model"].items():
+        if tensor.is_floating_point():
+            mean[key] = torch.stack([c["model"][key].float() for c in ckpts]).mean(0)
+            mean[key] = mean[key].to(tensor.dtype)
+        else:
+            mean[key] = tensor
+    epochs = [c["state"].get("epoch") for c in ckpts]
+    return {**last, "model": mean, "state": {**last["state"], "averaged_epochs": epochs}}
+
+
 def load_checkpoint_model(
     path: str | Path, ckpt: dict | None = None
 ) -> tuple[torch.nn.Module, Vocab, dict]:

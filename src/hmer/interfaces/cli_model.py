@@ -142,7 +142,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="CHECKPOINT.pt -> release .safetensors; with --onnx, a checkpoint or release "
         "-> a folder of ONNX graphs that --model FOLDER runs on ONNX Runtime",
     )
-    p.add_argument("checkpoint", help="a training checkpoint (.pt), or a release with --onnx")
+    p.add_argument(
+        "checkpoint",
+        nargs="+",
+        help="a training checkpoint (.pt), or a release with --onnx; several checkpoints of one "
+        "run: their weights are averaged (e.g. the last epochs')",
+    )
     p.add_argument("-o", "--output", required=True, help="output .safetensors path (or folder)")
     p.add_argument("--onnx", action="store_true", help="export ONNX graphs into the -o folder")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
@@ -499,17 +504,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hmer.models.symbols import FAMILY as SYMBOL_FAMILY
     from hmer.weights import (
         WeightsError,
+        average_checkpoints,
         load_any,
         load_checkpoint,
         load_checkpoint_model,
         save_release,
     )
 
+    if len(args.checkpoint) > 1 and (args.onnx or args.default_for == "symbol"):
+        _err("several checkpoints are averaged into a release only (not with --onnx or symbol)")
+        return 2
     if args.onnx:
         from hmer.onnx import export_onnx
 
         try:
-            model, vocab, _ = load_any(args.checkpoint)
+            model, vocab, _ = load_any(args.checkpoint[0])
             out = export_onnx(model, vocab, args.output)
         except (WeightsError, TypeError, OSError) as exc:
             _err(str(exc))
@@ -518,19 +527,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {out}/ ({size:.1f} MB): run it with --model {out}")
         return 0
 
+    first = args.checkpoint[0]
     try:
-        ckpt = load_checkpoint(args.checkpoint)
+        several = len(args.checkpoint) > 1
+        ckpt = average_checkpoints(args.checkpoint) if several else load_checkpoint(first)
         if ckpt["config"].get("model", {}).get("name") == SYMBOL_FAMILY:
             from hmer.training.symbols import export_release
 
             default = args.default_for == "symbol"
-            path = export_release(args.checkpoint, args.output, default, ckpt)
+            path = export_release(first, args.output, default, ckpt)
             print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
             return 0
         if args.default_for == "symbol":
-            _err(f"{args.checkpoint}: --default-for symbol needs a symbol classifier checkpoint")
+            _err(f"{first}: --default-for symbol needs a symbol classifier checkpoint")
             return 2
-        model, vocab, ckpt = load_checkpoint_model(args.checkpoint, ckpt)
+        model, vocab, ckpt = load_checkpoint_model(first, ckpt)
     except WeightsError as exc:
         _err(str(exc))
         return 1
