@@ -288,7 +288,8 @@ def test_one_torch_thread_runs_the_models_one_after_the_other(monkeypatch):
     assert threads == {"image": {main}, "strokes": {main}} and fusion._threads is None
 
 
-def test_each_models_thread_stops_at_the_deadline(two_threads, monkeypatch):
+@pytest.mark.parametrize("how", ["passed", "cancelled"])
+def test_each_models_thread_stops_at_the_deadline(two_threads, monkeypatch, how):
     from hmer.decoding import DecodingTimeout, search
 
     fusion = FusionRecognizer(tiny_image_recognizer(), tiny_stroke_recognizer(), max_len=5)
@@ -310,9 +311,15 @@ def test_each_models_thread_stops_at_the_deadline(two_threads, monkeypatch):
             return _encode(*args)
 
         monkeypatch.setattr(rec.model, "encode", encode)
-    t0 = time.monotonic()
+    deadline = time.monotonic() + 0.3
+    if how == "cancelled":  # as the server calls off the work of a client that left
+        pytest.importorskip("starlette")
+        from hmer.interfaces.guard import CancellableDeadline
+
+        deadline = CancellableDeadline(deadline + 600)
+        threading.Timer(0.3, deadline.cancel).start()
     with pytest.raises(DecodingTimeout):
-        fusion.recognize_strokes(STROKES, beam=2, deadline=t0 + 0.3)
+        fusion.recognize_strokes(STROKES, beam=2, deadline=deadline)
     # Each worker stopped at its own first check (one after the other, only the first would).
     assert sorted(stopped) == ["hmer-fusion-image_0", "hmer-fusion-strokes_0"]
     monkeypatch.undo()
