@@ -187,12 +187,11 @@ class FusionRecognizer:
         deadline = deadline_within(deadline, self.timeout_s)
         limits = {} if self.max_len is None else {"max_len": self.max_len}
         recs = self.recognizers
-        inputs = {role: rec.as_batch(rec.prepare_ink(traces)) for role, rec in recs.items()}
 
         def search(role: str) -> tuple[Memory, list[list[Hypothesis]]]:
-            model = recs[role].model
-            mem = model.encode(*inputs[role])
-            return mem, search_lists(model, mem, beam, deadline=deadline, **limits)
+            rec = recs[role]  # the render or the point features are made on the role's thread too
+            mem = rec.model.encode(*rec.as_batch(rec.prepare_ink(traces)))
+            return mem, search_lists(rec.model, mem, beam, deadline=deadline, **limits)
 
         def rescore(role: str) -> np.ndarray:
             return direction_scores(recs[role].model, found[role][0], ids, deadline=deadline)
