@@ -71,11 +71,12 @@ def paired(rec, inks: list[Ink], beam: int, warmup: int = 5) -> dict[str, list[f
     ("concurrent") and one after the other ("sequential"), both on each expression in turn,
     alternating which goes first so that load changes fall on both alike."""
     out: dict[str, list[float]] = {}
-    for i, ink in enumerate([*inks[:warmup], *inks]):
+    warm = inks[:warmup]
+    for i, ink in enumerate([*warm, *inks]):
         for concurrent in (True, False) if i % 2 else (False, True):
             rec.concurrent = concurrent
             w, c = one(rec, ink, beam)
-            if i < warmup:
+            if i < len(warm):
                 continue
             mode = "concurrent" if concurrent else "sequential"
             out.setdefault(f"{mode}_wall", []).append(w)

@@ -656,14 +656,25 @@ HAVE_CROHME = (default_data_dir() / "TrainINKML.tar.gz").exists()
 
 
 @pytest.mark.skipif(not HAVE_CROHME, reason="CROHME data not available")
-def test_latency_benchmark_times_the_fusion_route(releases):
+def test_latency_benchmark_times_the_fusion_route(releases, two_threads):  # (restores threads)
     image, strokes = releases
     args = ["--route", "fusion", "--model", image, "--stroke-model", strokes]
     args += ["--limit", "2", "--beams", "1,2", "--threads", "1"]
     report = load_benchmark("latency").main(args)
     assert report["route"] == "fusion" and report["model"] == "img+pen"
     assert report["beam1_ms_p50"] > 0 and report["beam2_ms_p50"] > 0
+    assert report["beam1_cpu_ms_mean"] > 0 and report["load_avg_1min_before"] >= 0
     assert not any(k.startswith("greedy_batch") for k in report)  # fusion has no batch mode
+    # Side by side against one after the other, paired on the same expressions.
+    args[-1] = "2"
+    paired = load_benchmark("latency").main([*args, "--beams", "1", "--compare-sequential"])
+    for mode in ("concurrent", "sequential"):
+        assert paired[f"beam1_{mode}_ms_p50"] <= paired[f"beam1_{mode}_ms_p99"]
+        assert paired[f"beam1_{mode}_cpu_ms_mean"] > 0
+    assert paired["beam1_wall_ratio_concurrent_to_sequential_p50"] > 0
+    assert paired["beam1_cpu_ratio_concurrent_to_sequential_p50"] > 0
+    with pytest.raises(SystemExit):
+        load_benchmark("latency").main(["--compare-sequential", "--limit", "1"])
 
 
 def test_collect_keeps_each_samples_candidates(fusion):
