@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from serve_helpers import (
 )
 
 from hmer.data.dataset import Sample, default_data_dir
+from hmer.data.inkml import read_inkml
 from hmer.data.vocab import Vocab
 from hmer.decoding.fusion import (
     Candidates,
@@ -200,8 +203,6 @@ def sample_ink(traces):
 
 
 def test_fusion_deadline_and_timeout_stop_decoding(fusion):
-    import time
-
     from hmer.decoding import DecodingTimeout
 
     with pytest.raises(DecodingTimeout):
@@ -212,6 +213,117 @@ def test_fusion_deadline_and_timeout_stop_decoding(fusion):
             fusion.recognize_strokes(STROKES, beam=1)
     finally:
         fusion.timeout_s = None
+
+
+# -- the two models side by side -----------------------------------------------------------------
+@pytest.fixture
+def two_threads():
+    """Torch with two intra-op threads, which the concurrent path shares out (tests run on one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def same_candidates(a: Candidates, b: Candidates) -> None:
+    assert a.ids == b.ids and a.found_by == b.found_by
+    assert a.scores.keys() == b.scores.keys()
+    for role in a.scores:  # bit for bit, not approximately
+        assert np.array_equal(a.scores[role], b.scores[role], equal_nan=True)
+
+
+def spy_threads(monkeypatch, fusion: FusionRecognizer) -> dict[str, set[str]]:
+    """The names of the threads that encode each role's input, from now on."""
+    seen: dict[str, set[str]] = {"image": set(), "strokes": set()}
+    for role, rec in fusion.recognizers.items():
+
+        def encode(*args, _role=role, _encode=rec.model.encode):
+            seen[_role].add(threading.current_thread().name)
+            return _encode(*args)
+
+        monkeypatch.setattr(rec.model, "encode", encode)
+    return seen
+
+
+def test_concurrent_fusion_gives_the_numbers_of_sequential_fusion(two_threads, monkeypatch):
+    fusion = FusionRecognizer(tiny_image_recognizer(), tiny_stroke_recognizer(), beam=3)
+    fusion.max_len = 12  # untrained models would otherwise write up to 200 tokens
+    threads = spy_threads(monkeypatch, fusion)
+    for traces in (STROKES_INK, write(["x", "+", "1"]), write(["2", "-", "x"])):
+        for beam in (1, 3):
+            fusion.concurrent = False
+            alone = fusion.candidates(traces, beam)
+            first = fusion.recognize_ink(sample_ink(traces), beam)
+            fusion.concurrent = True
+            same_candidates(alone, fusion.candidates(traces, beam))
+            second = fusion.recognize_ink(sample_ink(traces), beam)
+            assert second.to_dict() | {"time_ms": 0} == first.to_dict() | {"time_ms": 0}
+    main = threading.current_thread().name
+    assert threads == {
+        "image": {main, "hmer-fusion-image_0"},
+        "strokes": {main, "hmer-fusion-strokes_0"},
+    }
+    assert torch.get_num_threads() == 2  # the caller keeps its threads
+
+
+def test_concurrent_fusion_on_the_shipped_example_and_models(two_threads):
+    fusion = FusionRecognizer.load()
+    ink = read_inkml(ROOT / "src" / "hmer" / "examples" / "example.inkml")
+    for beam in (1, 10):
+        fusion.concurrent = False
+        alone = fusion.candidates(ink.traces, beam)
+        fusion.concurrent = True
+        together = fusion.candidates(ink.traces, beam)
+        same_candidates(alone, together)
+        assert len(together.ids) > (1 if beam == 1 else 10)
+    assert fusion._threads is not None  # it did run side by side
+
+
+def test_one_torch_thread_runs_the_models_one_after_the_other(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    fusion = FusionRecognizer(tiny_image_recognizer(), tiny_stroke_recognizer(), max_len=5)
+    threads = spy_threads(monkeypatch, fusion)
+    fusion.candidates(STROKES_INK, beam=2)
+    main = threading.current_thread().name
+    assert threads == {"image": {main}, "strokes": {main}} and fusion._threads is None
+
+
+@pytest.mark.parametrize("how", ["passed", "cancelled"])
+def test_each_models_thread_stops_at_the_deadline(two_threads, monkeypatch, how):
+    from hmer.decoding import DecodingTimeout, search
+
+    fusion = FusionRecognizer(tiny_image_recognizer(), tiny_stroke_recognizer(), max_len=5)
+    stopped: list[str] = []
+    check = search.check_deadline
+
+    def spy(deadline):
+        try:
+            check(deadline)
+        except DecodingTimeout:
+            stopped.append(threading.current_thread().name)
+            raise
+
+    monkeypatch.setattr(search, "check_deadline", spy)
+    for rec in fusion.recognizers.values():  # both encoders finish after the deadline
+
+        def encode(*args, _encode=rec.model.encode):
+            time.sleep(0.6)
+            return _encode(*args)
+
+        monkeypatch.setattr(rec.model, "encode", encode)
+    deadline = time.monotonic() + 0.3
+    if how == "cancelled":  # as the server calls off the work of a client that left
+        pytest.importorskip("starlette")
+        from hmer.interfaces.guard import CancellableDeadline
+
+        deadline = CancellableDeadline(deadline + 600)
+        threading.Timer(0.3, deadline.cancel).start()
+    with pytest.raises(DecodingTimeout):
+        fusion.recognize_strokes(STROKES, beam=2, deadline=deadline)
+    # Each worker stopped at its own first check (one after the other, only the first would).
+    assert sorted(stopped) == ["hmer-fusion-image_0", "hmer-fusion-strokes_0"]
+    monkeypatch.undo()
+    assert fusion.recognize_strokes(STROKES, beam=1).model  # the workers take the next call
 
 
 # -- routes: Python, command line, HTTP API ----------------------------------------------------
@@ -544,14 +656,25 @@ HAVE_CROHME = (default_data_dir() / "TrainINKML.tar.gz").exists()
 
 
 @pytest.mark.skipif(not HAVE_CROHME, reason="CROHME data not available")
-def test_latency_benchmark_times_the_fusion_route(releases):
+def test_latency_benchmark_times_the_fusion_route(releases, two_threads):  # (restores threads)
     image, strokes = releases
     args = ["--route", "fusion", "--model", image, "--stroke-model", strokes]
     args += ["--limit", "2", "--beams", "1,2", "--threads", "1"]
     report = load_benchmark("latency").main(args)
     assert report["route"] == "fusion" and report["model"] == "img+pen"
     assert report["beam1_ms_p50"] > 0 and report["beam2_ms_p50"] > 0
+    assert report["beam1_cpu_ms_mean"] > 0 and report["load_avg_1min_before"] >= 0
     assert not any(k.startswith("greedy_batch") for k in report)  # fusion has no batch mode
+    # Side by side against one after the other, paired on the same expressions.
+    args[-1] = "2"
+    paired = load_benchmark("latency").main([*args, "--beams", "1", "--compare-sequential"])
+    for mode in ("concurrent", "sequential"):
+        assert paired[f"beam1_{mode}_ms_p50"] <= paired[f"beam1_{mode}_ms_p99"]
+        assert paired[f"beam1_{mode}_cpu_ms_mean"] > 0
+    assert paired["beam1_wall_ratio_concurrent_to_sequential_p50"] > 0
+    assert paired["beam1_cpu_ratio_concurrent_to_sequential_p50"] > 0
+    with pytest.raises(SystemExit):
+        load_benchmark("latency").main(["--compare-sequential", "--limit", "1"])
 
 
 def test_collect_keeps_each_samples_candidates(fusion):

@@ -83,3 +83,23 @@ def test_one_shared_memory_row_equals_copied_rows():
         tgt = torch.tensor([[1, 5, 6, 7], [1, 9, 4, 4], [1, 3, 3, 8]])
         copied = model.select(mem, torch.zeros(3, dtype=torch.long))
         assert torch.allclose(model.decode(mem, tgt), model.decode(copied, tgt), atol=1e-5)
+
+
+def test_coverage_without_padding_skips_the_mask_with_the_same_numbers(monkeypatch):
+    from hmer.models.decoder import CoverageRefiner
+
+    torch.manual_seed(0)
+    arm = CoverageRefiner(nhead=2, in_maps=4).eval()
+    for p in arm.parameters():  # the projection starts at zero: make it matter
+        p.data.add_(0.1 * torch.randn_like(p))
+    cum = torch.rand(3, 4, 5, 6 * 7)  # (B, maps, T, L) over a 6 x 7 memory
+    none = torch.zeros(1, 42, dtype=torch.bool)
+    some = none.clone()
+    some[0, -7:] = True  # the last row is padding
+    with torch.inference_mode():
+        fast = arm.from_coverage(cum, none, (6, 7))
+        masked = arm.from_coverage(cum, some, (6, 7))
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as traced: masks
+        assert torch.equal(arm.from_coverage(cum, none, (6, 7)), fast)  # bit for bit
+        assert torch.equal(arm.from_coverage(cum, some, (6, 7)), masked)
+    assert not torch.equal(fast, masked)  # padding is still masked

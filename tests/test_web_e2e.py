@@ -557,3 +557,67 @@ def test_which_symbol_mode_lists_five_candidates_rendered(browser, server, tmp_p
             assert problems == [], problems
         finally:
             context.close()
+
+
+def test_reader_selector_sends_the_route_and_is_remembered(browser):
+    from serve_helpers import tiny_stroke_recognizer
+
+    recs = {"tiny": tiny_image_recognizer(), "tiny-strokes": tiny_stroke_recognizer()}
+    for rec in recs.values():
+        rec.max_len = 6  # untrained models would write up to 200 tokens
+    app = create_app(recs, ink_route="fusion")
+    app.state.service.fusion.max_len = 6
+    sent: list[dict] = []
+
+    def record(req):
+        if req.url.split("?")[0].endswith("/v1/recognize") and req.method == "POST":
+            sent.append({"url": req.url, "body": req.post_data_json})
+
+    def shown(text: str) -> str:
+        return f"() => document.getElementById('status').textContent.includes({text!r})"
+
+    with live_server(app) as url:
+        context, page, problems = open_page(browser, url, viewport={"width": 1100, "height": 800})
+        try:
+            page.on("request", record)
+            reader = page.get_by_label("Reader")  # a labelled control
+            reader.wait_for(state="visible", timeout=5_000)
+            options = reader.locator("option")
+            assert [o.get_attribute("value") for o in options.all()] == [
+                "image",
+                "strokes",
+                "fusion",
+            ]
+            assert reader.input_value() == "fusion"  # the server's default, marked as such
+            assert "default" in options.nth(2).text_content()
+            draw(page, EXPRESSION[:2])
+            page.wait_for_function(shown("models tiny+tiny-strokes (fusion)"), timeout=30_000)
+            assert sent[-1]["body"]["route"] == "fusion"
+            assert page.get_attribute("#status", "data-model") == "tiny+tiny-strokes"
+
+            # Another reader re-reads the drawing; live recognition keeps using it.
+            reader.select_option("strokes")
+            page.wait_for_function(shown("model tiny-strokes ·"), timeout=30_000)
+            assert sent[-1]["body"]["route"] == "strokes"
+            with page.expect_response(lambda r: r.url.endswith("/v1/recognize")) as more:
+                draw(page, EXPRESSION[2:4])
+            assert more.value.request.post_data_json["route"] == "strokes"
+            page.wait_for_function(
+                f"() => document.getElementById('latex').value === {more.value.json()['latex']!r}"
+            )
+
+            # Remembered in this browser: a new page starts with it.
+            page.reload()
+            page.wait_for_function("() => window.katex !== undefined")
+            reader.wait_for(state="visible", timeout=5_000)
+            assert reader.input_value() == "strokes"
+
+            # A chosen model reads the drawing itself: the reader is set aside, no route sent.
+            page.select_option("#model", "tiny")
+            assert reader.is_disabled()
+            draw(page, EXPRESSION[:2])
+            page.wait_for_function(shown("model tiny ·"), timeout=30_000)
+            assert "route" not in sent[-1]["body"] and "model=tiny" in sent[-1]["url"]
+            assert problems == [], problems
+        finally:
+            context.close()

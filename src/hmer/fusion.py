@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
-from hmer.decoding.fusion import Candidates, FusionParams, rescore_pool, search_lists
+from hmer.decoding.fusion import Candidates, FusionParams, direction_scores, pool, search_lists
+from hmer.decoding.search import Hypothesis
+from hmer.models.base import Memory
 from hmer.recognize import INK_SUFFIXES, Recognizer, Result, deadline_within, ranked
 from hmer.weights import (
     FUSION_PARAMS,
@@ -57,6 +62,8 @@ class FusionRecognizer:
     ``recognize_file`` for ``.inkml``, ``prepare_file``/``recognize_prepared``) with the same
     ``deadline``/``timeout_s`` rules. Results' scores are the fused softmax confidences.
     ``max_len``, when set, is the most tokens each model writes (``hmer recognize --max-len``).
+    ``concurrent=False`` runs the two models one after the other even with torch threads to
+    share (same results, see ``candidates``).
     """
 
     input_kind = "strokes"  # what it reads: pen input
@@ -70,6 +77,7 @@ class FusionRecognizer:
         beam: int | None = None,
         timeout_s: float | None = None,
         max_len: int | None = None,
+        concurrent: bool = True,
     ):
         if (image.input_kind, strokes.input_kind) != ROLES:
             raise ValueError("fusion needs an image model and a stroke model, in that order")
@@ -86,6 +94,8 @@ class FusionRecognizer:
         self.timeout_s = timeout_s
         self.max_len = max_len
         self.paths: dict[str, Path] = {}  # the model files, when loaded from files
+        self.concurrent = concurrent
+        self._threads: RoleThreads | None = None  # made at the first concurrent call
 
     @classmethod
     def load(
@@ -168,20 +178,83 @@ class FusionRecognizer:
     def candidates(
         self, traces: list[np.ndarray], beam: int | None = None, deadline: float | None = None
     ) -> Candidates:
-        """Both models' hypotheses for pen ``traces``, pooled, each scored by both models."""
+        """Both models' hypotheses for pen ``traces``, pooled, each scored by both models.
+
+        The models work side by side (:class:`RoleThreads`) when torch has two threads or more
+        and ``concurrent`` allows it; the numbers are those of one after the other.
+        """
         beam = self.beam if beam is None else beam
         deadline = deadline_within(deadline, self.timeout_s)
         limits = {} if self.max_len is None else {"max_len": self.max_len}
         recs = self.recognizers
-        inputs = {role: rec.as_batch(rec.prepare_ink(traces)) for role, rec in recs.items()}
+
+        def search(role: str) -> tuple[Memory, list[list[Hypothesis]]]:
+            rec = recs[role]  # the render or the point features are made on the role's thread too
+            mem = rec.model.encode(*rec.as_batch(rec.prepare_ink(traces)))
+            return mem, search_lists(rec.model, mem, beam, deadline=deadline, **limits)
+
+        def rescore(role: str) -> np.ndarray:
+            return direction_scores(recs[role].model, found[role][0], ids, deadline=deadline)
+
         # Both locks, always in this order: a Recognizer shared with other callers holds its own.
-        with recs["image"]._lock, recs["strokes"]._lock, torch.inference_mode():
-            mems, lists = {}, {}
-            for role, rec in recs.items():
-                mems[role] = rec.model.encode(*inputs[role])
-                lists[role] = search_lists(rec.model, mems[role], beam, deadline=deadline, **limits)
-            models = {role: (rec.model, mems[role]) for role, rec in recs.items()}
-            return rescore_pool(models, lists, deadline)
+        with recs["image"]._lock, recs["strokes"]._lock:
+            each = self._each_role()
+            found = each(search)
+            ids, found_by = pool({role: lists for role, (_, lists) in found.items()})
+            scores = each(rescore)
+        return Candidates(ids, found_by, scores)
+
+    def _each_role(self) -> Callable[[Callable[[str], Any]], dict[str, Any]]:
+        """How ``candidates`` runs a step for both roles: on :class:`RoleThreads` with their
+        shares of torch's threads, or one after the other in this thread (one torch thread, or
+        ``concurrent=False``)."""
+        threads = torch.get_num_threads()
+        if not self.concurrent or threads < 2:
+            return lambda fn: _in_inference_mode(fn, ROLES)
+        if self._threads is None or self._threads.threads != threads:
+            if self._threads is not None:
+                self._threads.close()
+            self._threads = RoleThreads(threads)
+        return self._threads.run
+
+
+class RoleThreads:
+    """One worker thread per fusion role, each with its share of ``threads`` intra-op threads.
+
+    PyTorch ops release the GIL, so the two models' searches (and rescoring passes) overlap;
+    each model alone gains little from a second intra-op thread on these small decoder steps.
+    A role always runs on its own thread, which keeps its torch thread setting.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        shares = {"image": threads - threads // 2, "strokes": threads // 2}
+        self.pools = {
+            role: ThreadPoolExecutor(1, f"hmer-fusion-{role}", torch.set_num_threads, (n,))
+            for role, n in shares.items()
+        }
+        for done in [p.submit(int) for p in self.pools.values()]:
+            done.result()  # the workers have set their shares...
+        torch.set_num_threads(threads)  # ...which torch also takes as the default of new threads
+
+    def run(self, fn: Callable[[str], Any]) -> dict[str, Any]:
+        """``fn(role)`` for every role at once, in inference mode; waits for both, then raises
+        the first role's error (a ``DecodingTimeout`` comes from each at its deadline check)."""
+        futures = {
+            role: p.submit(_in_inference_mode, fn, (role,)) for role, p in self.pools.items()
+        }
+        wait(futures.values())
+        return {role: f.result()[role] for role, f in futures.items()}
+
+    def close(self) -> None:
+        for p in self.pools.values():
+            p.shutdown(wait=True)
+
+
+def _in_inference_mode(fn: Callable[[str], Any], roles: tuple[str, ...]) -> dict[str, Any]:
+    """``fn(role)`` for each of ``roles`` in order, in inference mode (a per-thread setting)."""
+    with torch.inference_mode():
+        return {role: fn(role) for role in roles}
 
 
 def ink_recognizer(

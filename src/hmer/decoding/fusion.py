@@ -16,7 +16,6 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 from hmer.decoding.search import (
     Hypothesis,
@@ -176,19 +175,3 @@ class FusionParams:
         if not isinstance(raw, dict) or not set(raw) <= known:
             raise ValueError(f"fusion parameters must be an object with keys {sorted(known)}")
         return cls(**raw)
-
-
-@torch.no_grad()
-def rescore_pool(
-    models: dict[str, tuple[Seq2SeqModel, Memory]],
-    lists: dict[str, list[list[Hypothesis]]],
-    deadline: float | None = None,
-) -> Candidates:
-    """Pool ``lists`` (each role's search output) and score every candidate with every role's
-    model over its memory: the whole fusion, for callers that hold both encoded inputs."""
-    ids, found_by = pool(lists)
-    scores = {
-        role: direction_scores(model, mem, ids, deadline=deadline)
-        for role, (model, mem) in models.items()
-    }
-    return Candidates(ids, found_by, scores)

@@ -47,11 +47,14 @@ class CoverageRefiner(nn.Module):
         h, w = hw
         x = cum.transpose(1, 2).reshape(b * t, c, h, w)
         x = F.relu(self.conv(x))
-        # mem_pad may have one row shared by all b (beams of one input): expand, don't copy.
-        pad = _per_row(mem_pad, b).view(-1, 1, 1, h, w).expand(b, t, 1, h, w)
-        pad = pad.reshape(b * t, 1, h, w)
-        x = self.proj(x.masked_fill(pad, 0.0))
-        return x.view(b, t, -1, n).transpose(1, 2)
+        # One input read alone (recognition) has no padding: masking these maps would copy them
+        # unchanged, a pass as costly as the step's other masking together. (Traced graphs keep
+        # the mask: they must serve padded batches too.)
+        if torch.compiler.is_compiling() or bool(mem_pad.any()):
+            # mem_pad may have one row shared by all b (beams of one input): expand, don't copy.
+            pad = _per_row(mem_pad, b).view(-1, 1, 1, h, w).expand(b, t, 1, h, w)
+            x = x.masked_fill(pad.reshape(b * t, 1, h, w), 0.0)
+        return self.proj(x).view(b, t, -1, n).transpose(1, 2)
 
 
 def _matmul_shared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,9 @@
   const ERASER_PX = 10; // how close the eraser must come to a stroke
   const HISTORY_KEY = "hmer.history.v1";
   const HISTORY_MAX = 30;
+  const ROUTE_KEY = "hmer.route.v1"; // the reader of drawings the user chose, in this browser
+  // What each route of the API (GET /v1/models: routes) is called here.
+  const ROUTE_NAMES = { image: "image model", strokes: "stroke model", fusion: "both (fusion)" };
 
   const $ = (id) => document.getElementById(id);
   const canvas = $("pad");
@@ -23,6 +26,7 @@
   const altsTitle = $("alts-title");
   const busy = $("busy");
   const modelSelect = $("model");
+  const routeSelect = $("route");
   const historyList = $("history");
 
   // Strokes are kept in ink coordinates, independent of the canvas: a view (scale and offset)
@@ -48,6 +52,7 @@
   let shown = ""; // the LaTeX the page last put in the box; anything else there is the user's edit
   let historyId = null; // the history entry this drawing or image updates
   let symbolMode = false; // the drawing is one symbol: show the classifier's top candidates
+  let routes = {}; // route -> the model name that answers on it (GET /v1/models), when loaded
 
   // -- view ------------------------------------------------------------------------------------
   const toCanvas = (p) => [p[0] * view.s + view.ox, p[1] * view.s + view.oy];
@@ -533,7 +538,10 @@
 
   function recognizeStrokes(replace = false) {
     if (strokes.length === 0 || gesture) return;
-    const body = JSON.stringify({ strokes });
+    // A chosen model reads the drawing itself; otherwise the chosen reader (route) does.
+    const byRoute = !symbolMode && !modelSelect.value && routeSelect.value;
+    const route = byRoute ? { route: routeSelect.value } : {};
+    const body = JSON.stringify({ strokes, ...route });
     send(body, { "content-type": "application/json" }, replace);
   }
 
@@ -629,10 +637,17 @@
     showAlternatives(r.alternatives || []);
     const ms = (v) => `${Math.round(v)} ms`;
     const kept = keep ? "Your edit is kept (Recognize replaces it) · " : "";
-    setStatus(`${kept}${r.latex ? "" : "Nothing recognized · "}model ${r.model} · ` +
+    setStatus(`${kept}${r.latex ? "" : "Nothing recognized · "}${answeredBy(r.model)} · ` +
       `${ms(r.time_ms)} ${r.work || "decoding"}, ${ms(r.total_ms)} on the server`);
     statusLine.dataset.timeMs = String(r.time_ms);
+    statusLine.dataset.model = r.model;
     remember();
+  }
+
+  function answeredBy(model) {
+    // Fusion answers with both models' names joined: say that two models read it.
+    if (model && model === routes.fusion) return `models ${model} (fusion)`;
+    return `model ${model}`;
   }
 
   function setStatus(text, isError = false) {
@@ -825,12 +840,13 @@
   });
   window.addEventListener("storage", (e) => { if (e.key === HISTORY_KEY) showHistory(); });
 
-  // -- models --------------------------------------------------------------------------------
+  // -- models and readers -----------------------------------------------------------------
   async function loadModels() {
     try {
       const resp = await fetch("/v1/models");
       const data = await resp.json();
       $("symbol-mode").hidden = !data.symbol_model;
+      showRoutes(data.routes || {}, data.ink_route);
       if (!data.models || data.models.length < 2) return;
       for (const m of data.models) {
         const opt = document.createElement("option");
@@ -843,8 +859,45 @@
       // the page works without the list: the server picks the model
     }
   }
+
+  function showRoutes(available, serverDefault) {
+    // The readers of drawings this server has; shown when there is a choice. The server's
+    // default is marked and chosen until the user picks another (remembered in this browser).
+    routes = available;
+    const names = Object.keys(ROUTE_NAMES).filter((r) => available[r]);
+    if (names.length < 2) return;
+    routeSelect.replaceChildren();
+    for (const r of names) {
+      const opt = document.createElement("option");
+      opt.value = r;
+      opt.textContent = ROUTE_NAMES[r] + (r === serverDefault ? " — default" : "");
+      opt.title = available[r];
+      routeSelect.append(opt);
+    }
+    let saved = null;
+    try { saved = localStorage.getItem(ROUTE_KEY); } catch (err) { saved = null; }
+    routeSelect.value = names.includes(saved) ? saved : serverDefault;
+    if (!routeSelect.value) routeSelect.value = names[0];
+    $("route-box").hidden = false;
+    updateRouteBox();
+  }
+
+  function updateRouteBox() {
+    // Model and route are alternatives (the API takes one): a chosen model sets the reader aside.
+    routeSelect.disabled = Boolean(modelSelect.value);
+  }
+
   modelSelect.addEventListener("change", () => {
+    updateRouteBox();
     if (strokes.length) schedule();
+  });
+  routeSelect.addEventListener("change", () => {
+    try {
+      localStorage.setItem(ROUTE_KEY, routeSelect.value);
+    } catch (err) {
+      // storage disabled: the choice holds until the page is left
+    }
+    if (strokes.length && !symbolMode) schedule();
   });
 
   if (window.ResizeObserver) new ResizeObserver(resize).observe(canvas);
