@@ -131,11 +131,23 @@ class DecoderLayer(nn.Module):
         x = x + self.drop(self.ffn(self.norm3(x)))
         return x, attn
 
+    def _self_attend(self, h: torch.Tensor, cache: dict) -> torch.Tensor:
+        """``self_attn`` of one new position (N,1,d) over itself and the earlier ones, whose keys
+        and values ``cache`` keeps ("k", "v": (N,heads,t,d/heads)): each position is projected
+        once, not again at every later step."""
+        n, _, d = h.shape
+        sa = self.self_attn
+        q, k, v = F.linear(h, sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+        q, k, v = (z.view(n, 1, self.nhead, d // self.nhead).transpose(1, 2) for z in (q, k, v))
+        if cache.get("k") is not None:
+            k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+        cache["k"], cache["v"] = k, v
+        ctx = F.scaled_dot_product_attention(q, k, v)
+        return sa.out_proj(ctx.transpose(1, 2).reshape(n, 1, d))
+
     def step(self, x, kv, mem_pad, hw, cache: dict, prev_attn):
         """One new position (N,1,d) given this layer's ``cache`` of earlier ones (eval only)."""
-        h = self.norm1(x)
-        cache["h"] = h if cache.get("h") is None else torch.cat([cache["h"], h], 1)
-        x = x + self.self_attn(h, cache["h"], cache["h"], need_weights=False)[0]
+        x = x + self._self_attend(self.norm1(x), cache)
         scores, maps = self._cross_scores(self.norm2(x), kv[0], mem_pad, prev_attn)
         if maps is not None:
             cov = cache.get("cov")
