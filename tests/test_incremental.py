@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hmer.decoding.search import beam_search, greedy, grouped_beam_search
@@ -103,3 +104,43 @@ def test_coverage_without_padding_skips_the_mask_with_the_same_numbers(monkeypat
         assert torch.equal(arm.from_coverage(cum, none, (6, 7)), fast)  # bit for bit
         assert torch.equal(arm.from_coverage(cum, some, (6, 7)), masked)
     assert not torch.equal(fast, masked)  # padding is still masked
+
+
+def test_stopped_groups_leave_the_batch():
+    # Left-to-right ends early (its end token made likely), right-to-left never ends (its end
+    # token made unlikely) and runs to its input's length limit: each stopped group leaves the
+    # batch, and every group's hypotheses are those of its search alone.
+    model = _model(True)
+    model.head.bias.data[1] = -1e4  # <sos>, the right-to-left end token
+    model.head.bias.data[2] += 4  # <eos>, the left-to-right end token
+    sizes, limits = ((32, 48), (48, 96), (32, 80)), [6, 11, 8]
+    with torch.no_grad():
+        mems = [
+            model.encode(torch.rand(1, 1, h, w), torch.zeros(1, h, w, dtype=torch.bool))
+            for h, w in sizes
+        ]
+        rows, memory_rows = [], []
+        step_state = model.step_state
+
+        def counting(last, state):
+            rows.append(len(last))
+            memory_rows.append(state["kv"][0][0].shape[0])
+            return step_state(last, state)
+
+        model.step_state = counting
+        got = grouped_beam_search(model, model.join(mems), ("l2r", "r2l"), 3, limits)
+        del model.step_state
+        for i, (mem, limit) in enumerate(zip(mems, limits, strict=True)):
+            for j, direction in enumerate(("l2r", "r2l")):
+                alone = beam_search(model, mem, 3, direction, max_len=limit)
+                assert [h.ids for h in got[2 * i + j]] == [h.ids for h in alone]
+                assert [h.score for h in got[2 * i + j]] == pytest.approx(
+                    [h.score for h in alone], abs=1e-4
+                )
+    assert all(len(h.ids) == limit for i, limit in enumerate(limits) for h in got[2 * i + 1])
+    # Right to left alone from when left to right has stopped: 3 rows per live input.
+    # Each step decodes 3 rows per live group: left to right stops early, input by input.
+    assert rows[0] == 18 and rows == sorted(rows, reverse=True) and len(rows) == max(limits)
+    assert rows[limits[0]] < 12 and rows[-1] == 3  # at the end: input 1's right to left
+    # Inputs with unequal numbers of live groups read one memory row per group.
+    assert any(m > 3 for m in memory_rows) and memory_rows[-1] == 1

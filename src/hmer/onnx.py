@@ -2,11 +2,11 @@
 
 Two graphs: ``encoder.onnx`` maps an image (padded to the encoder's stride) to the decoder's
 memory, already projected to every layer's attention keys and values; ``step.onnx`` advances the
-decoder by one token given per-layer caches (the earlier positions' normalized inputs and the
-summed coverage), exactly as :meth:`TransformerHMER.step_state` does. :class:`OnnxHMER` wraps both
-behind the model interface the searches in :mod:`hmer.decoding` use, so greedy, beam and
-bidirectional rescoring run unchanged on ONNX Runtime. PyTorch stays the reference: the tests
-compare both.
+decoder by one token given per-layer caches (the earlier positions' self-attention keys and
+values, the summed coverage), exactly as :meth:`TransformerHMER.step_state` does.
+:class:`OnnxHMER` wraps both behind the model interface the searches in :mod:`hmer.decoding`
+use, so greedy, beam and bidirectional rescoring run unchanged on ONNX Runtime. PyTorch stays
+the reference: the tests compare both.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from hmer.models.positional import _sinusoid
 from hmer.models.transformer import TransformerHMER
 
 ENCODER, STEP, META = "encoder.onnx", "step.onnx", "onnx.json"
+# Per-layer decoder caches, the step graph's inputs and outputs: self-attention keys and values
+# (N,heads,t,d/heads) and summed coverage (N,maps,1,L).
+CACHES = ("k", "v", "cov")
 
 
 class _Encoder(nn.Module):
@@ -57,9 +60,9 @@ class _Step(nn.Module):
         x = m.embed_norm(m.embed(token[:, None]) + _sinusoid(pos, m.embed.embedding_dim))
         prev, out = None, []
         for i, layer in enumerate(m.layers):
-            cache = {"h": caches[2 * i], "cov": caches[2 * i + 1]}
+            cache = dict(zip(CACHES, caches[len(CACHES) * i : len(CACHES) * (i + 1)], strict=True))
             x, prev = layer.step(x, (kv[i, 0], kv[i, 1]), mem_pad, hw, cache, prev)
-            out += [cache["h"], cache["cov"]]
+            out += [cache[k] for k in CACHES]
         return (m.head(m.final_norm(x))[:, -1].float().log_softmax(-1), *out)
 
 
@@ -91,13 +94,13 @@ def export_onnx(model: TransformerHMER, vocab: Vocab, out_dir: str | Path, opset
         n, t = 3, 2
         caches = []
         for layer in model.layers:
-            c = layer.arm.conv.in_channels
-            caches += [
-                torch.randn(n, t, model.embed.embedding_dim),
-                torch.rand(n, c, 1, kv.shape[4]),
-            ]
-        names = [f"{k}{i}" for i in range(len(model.layers)) for k in ("h", "cov")]
-        cache_dims = [{0: dyn, 1: dyn} if nm.startswith("h") else {0: dyn, 3: dyn} for nm in names]
+            c, heads = layer.arm.conv.in_channels, layer.nhead
+            self_kv = (n, heads, t, model.embed.embedding_dim // heads)
+            caches += [torch.randn(self_kv), torch.randn(self_kv), torch.rand(n, c, 1, kv.shape[4])]
+        names = [f"{k}{i}" for i in range(len(model.layers)) for k in CACHES]
+        cache_dims = [
+            {0: dyn, 3: dyn} if nm.startswith("cov") else {0: dyn, 2: dyn} for nm in names
+        ]
         torch.onnx.export(
             _Step(model).eval(),
             (torch.tensor([1, 4, 5]), torch.tensor([t]), kv, fmask, *caches),
@@ -120,6 +123,8 @@ def export_onnx(model: TransformerHMER, vocab: Vocab, out_dir: str | Path, opset
         "layers": len(model.layers),
         "d_model": model.embed.embedding_dim,
         "cov_channels": [layer.arm.conv.in_channels for layer in model.layers],
+        "nhead": model.layers[0].nhead,
+        "caches": list(CACHES),
         "vocab_size": model.vocab_size,
     }
     (out / META).write_text(json.dumps(meta, indent=1))
@@ -141,6 +146,9 @@ class OnnxHMER:
         meta = json.loads((path / META).read_text())
         self.layers, self.d_model = meta["layers"], meta["d_model"]
         self.cov_channels = meta["cov_channels"]
+        self.nhead = meta.get("nhead")
+        # Exports from before the self-attention key/value cache kept normalized inputs ("h").
+        self.caches = tuple(meta.get("caches", ("h", "cov")))
         self.vocab_size = meta["vocab_size"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -148,7 +156,7 @@ class OnnxHMER:
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(path / ENCODER), opts, providers=providers)
         self.stepper = ort.InferenceSession(str(path / STEP), opts, providers=providers)
-        self.cache_names = [f"{k}{i}" for i in range(self.layers) for k in ("h", "cov")]
+        self.cache_names = [f"{k}{i}" for i in range(self.layers) for k in self.caches]
 
     def eval(self) -> OnnxHMER:
         return self
@@ -181,10 +189,12 @@ class OnnxHMER:
     def _empty_caches(self, rows: int, length: int) -> list[np.ndarray]:
         caches = []
         for c in self.cov_channels:
-            caches += [
-                np.zeros((rows, 0, self.d_model), np.float32),
-                np.zeros((rows, c, 1, length), np.float32),
-            ]
+            if self.caches == ("h", "cov"):
+                caches.append(np.zeros((rows, 0, self.d_model), np.float32))
+            else:
+                self_kv = (rows, self.nhead, 0, self.d_model // self.nhead)
+                caches += [np.zeros(self_kv, np.float32), np.zeros(self_kv, np.float32)]
+            caches.append(np.zeros((rows, c, 1, length), np.float32))
         return caches
 
     def step_state(self, last: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:

@@ -154,22 +154,25 @@ def grouped_beam_search(
     """Independent beam searches, one per input of ``mem`` and direction, run as one batch.
 
     Each (input, direction) group keeps ``beam`` rows; all rows go through the decoder together,
-    so a step costs one decoder call however many groups there are. Rows that are not (or no
-    longer) live carry a score of -inf. A group stops once no live row can beat its worst kept
+    so a step costs one decoder call however many groups there are. Rows that are not (yet)
+    live carry a score of -inf. A group stops once no live row can beat its worst kept
     finished hypothesis, or at its input's length limit (``max_len``: one for all inputs or one
-    per input), where its live rows become its hypotheses if none finished; an input whose
-    groups have all stopped leaves the batch. Returns each group's hypotheses, best first:
+    per input), where its live rows become its hypotheses if none finished; a stopped group
+    leaves the batch. Returns each group's hypotheses, best first:
     input by input, each input's directions in ``directions`` order.
     """
     d_n, k_n = len(directions), beam
-    limits = [n for n in _per_input(max_len, mem["memory"].shape[0]) for _ in directions]
-    group_dirs = list(directions) * (len(limits) // d_n)
+    inputs = mem["memory"].shape[0]
+    limits = [n for n in _per_input(max_len, inputs) for _ in directions]
+    group_dirs = list(directions) * inputs
     ends = [model.start_tokens(d) for d in group_dirs]
     finished: list[list[Hypothesis]] = [[] for _ in group_dirs]
     done = [False] * len(group_dirs)
-    # The batch holds the groups of the inputs still decoding: ``groups[q]`` is the group of
-    # batch group q, whose rows are q * beam ... q * beam + beam - 1.
+    # The batch holds the live groups: ``groups[q]`` is the group of batch group q, whose rows
+    # are q * beam ... q * beam + beam - 1, and group g reads input g // d_n. ``blocks`` are the
+    # inputs of the decoder state's memory rows, each read by an equal block of rows in order.
     groups = list(range(len(group_dirs)))
+    blocks = list(range(inputs))
     dev = mem["memory"].device
     starts = torch.tensor([s for s, _ in ends], device=dev).repeat_interleave(k_n)
     prefixes = starts[:, None]
@@ -187,13 +190,37 @@ def grouped_beam_search(
                 out.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
         return out
 
+    def regroup(stay: list[int], rows: torch.Tensor) -> None:
+        """Continue with batch groups ``stay`` (rows ``rows``, ``beam`` per group, in order):
+        stopped groups leave the batch, so that no decoder step is spent on them."""
+        nonlocal groups, blocks, starts
+        changed = len(stay) < len(groups)
+        if changed:
+            groups = [groups[q] for q in stay]
+            starts = starts.view(-1, k_n)[torch.tensor(stay, device=dev)].reshape(-1)
+        per_input = [g // d_n for g in groups]
+        counts = {a: per_input.count(a) for a in per_input}
+        # One memory row per input while its groups are equally many, else one per group.
+        new = list(counts) if len(set(counts.values())) == 1 else per_input
+        index = None
+        if new != blocks:
+            where = {a: i for i, a in enumerate(blocks)}
+            index = torch.tensor([where[a] for a in new], device=dev)
+            blocks = new
+        step.keep(rows, index)
+
     for t in range(max(limits, default=0)):
         for q, g in enumerate(groups):
-            if not done[g] and t >= limits[g]:  # out of length: keep the live rows as they are
+            if t >= limits[g]:  # out of length: keep the live rows as they are
                 finished[g] = finished[g] or live(q)
                 done[g] = True
         if all(done):
             break
+        if any(done[g] for g in groups):
+            stay = [q for q, g in enumerate(groups) if not done[g]]
+            rows = torch.tensor([q * k_n + k for q in stay for k in range(k_n)], device=dev)
+            prefixes, scores = prefixes[rows], scores[torch.tensor(stay, device=dev)]
+            regroup(stay, rows)
         check_deadline(deadline)
         lp = step(prefixes)
         lp[torch.arange(len(starts), device=dev), starts] = float("-inf")
@@ -201,49 +228,39 @@ def grouped_beam_search(
         vocab = lp.shape[1]
         total = (scores.reshape(-1, 1) + lp).view(len(groups), k_n * vocab)
         top, idx = total.topk(min(2 * k_n, k_n * vocab), dim=1)
-        kept: list[list[tuple[int, int, float]]] = []
-        for q, g in enumerate(groups):
+        kept: list[tuple[int, int, float]] = []
+        stay = []
+        for q, (g, top_q, idx_q) in enumerate(zip(groups, top.tolist(), idx.tolist(), strict=True)):
             keep: list[tuple[int, int, float]] = []
-            if not done[g]:
-                for s, i in zip(top[q].tolist(), idx[q].tolist(), strict=True):
-                    if s == float("-inf"):
-                        break
-                    row, tok = q * k_n + i // vocab, i % vocab
-                    if tok == ends[g][1]:
-                        ids = prefixes[row, 1:].tolist()
-                        if group_dirs[g] == "r2l":
-                            ids = ids[::-1]
-                        finished[g].append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
-                    elif len(keep) < k_n:
-                        keep.append((row, tok, s))
-                if len(finished[g]) >= k_n:
-                    finished[g].sort(key=lambda h: -h.score)
-                    finished[g] = finished[g][:k_n]
-                    best_live = max((s for *_, s in keep), default=float("-inf"))
-                    if best_live / (t + 2) ** length_penalty < finished[g][-1].score:
-                        keep = []
-                done[g] = not keep
-            # Dead rows keep the group's shape: any row of the group, scored -inf.
-            kept.append(keep + [(q * k_n, PAD, float("-inf"))] * (k_n - len(keep)))
+            for s, i in zip(top_q, idx_q, strict=True):
+                if s == float("-inf"):
+                    break
+                row, tok = q * k_n + i // vocab, i % vocab
+                if tok == ends[g][1]:
+                    ids = prefixes[row, 1:].tolist()
+                    if group_dirs[g] == "r2l":
+                        ids = ids[::-1]
+                    finished[g].append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+                elif len(keep) < k_n:
+                    keep.append((row, tok, s))
+            if len(finished[g]) >= k_n:
+                finished[g].sort(key=lambda h: -h.score)
+                finished[g] = finished[g][:k_n]
+                best_live = max((s for *_, s in keep), default=float("-inf"))
+                if best_live / (t + 2) ** length_penalty < finished[g][-1].score:
+                    keep = []
+            done[g] = not keep
+            if keep:
+                stay.append(q)
+                # Rows that are not live keep the group's shape: any row of it, scored -inf.
+                kept += keep + [(q * k_n, PAD, float("-inf"))] * (k_n - len(keep))
         if all(done):
             break
-        # Inputs whose every group has stopped leave the batch (their rows cost as live ones).
-        stay = [
-            a
-            for a in range(len(groups) // d_n)
-            if not all(done[g] for g in groups[a * d_n : (a + 1) * d_n])
-        ]
-        inputs = None
-        if len(stay) * d_n < len(groups):
-            inputs = torch.tensor(stay, device=dev)
-            qs = [a * d_n + j for a in stay for j in range(d_n)]
-            groups, kept = [groups[q] for q in qs], [kept[q] for q in qs]
-            starts = starts.view(-1, k_n)[torch.tensor(qs, device=dev)].reshape(-1)
-        rows = torch.tensor([r for keep in kept for r, _, _ in keep], device=dev)
-        toks = torch.tensor([tok for keep in kept for _, tok, _ in keep], device=dev)
+        rows = torch.tensor([r for r, _, _ in kept], device=dev)
+        toks = torch.tensor([tok for _, tok, _ in kept], device=dev)
         prefixes = torch.cat([prefixes[rows], toks[:, None]], 1)
-        step.keep(rows, inputs)
-        scores = torch.tensor([s for keep in kept for *_, s in keep], device=dev).view(-1, k_n)
+        scores = torch.tensor([s for *_, s in kept], device=dev).view(-1, k_n)
+        regroup(stay, rows)
     out = []
     for g in range(len(group_dirs)):
         if not finished[g] and g in groups:  # ran out of length: the live rows as they are
