@@ -236,6 +236,50 @@ def write_samples(g: Generator, domains: Domains, cfg: GanConfig, path: Path) ->
     return path
 
 
+def train_step(
+    g: Generator,
+    d: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    task: TaskLoss | None,
+    batch: Batch,
+    cfg: GanConfig,
+) -> list[float]:
+    """One discriminator and one generator update; returns the D loss, G's adversarial loss,
+    the task loss and the identity L1 (0 for the terms switched off)."""
+    to_hw = torch.full((cfg.batch_size,), HANDWRITTEN)
+    to_pr = torch.full((cfg.batch_size,), PRINTED)
+    fake = g(batch.printed, batch.z, to_hw)
+    ident = g(batch.printed, batch.z, to_pr) if cfg.lambda_identity > 0 else None
+
+    # The discriminator: real handwriting against fakes (and real printed against
+    # the identity outputs, so that its projection head learns both domains).
+    d_loss = d_hinge_loss(d(batch.handwritten, to_hw), d(fake.detach(), to_hw))
+    if ident is not None:
+        d_loss = d_loss + d_hinge_loss(d(batch.printed, to_pr), d(ident.detach(), to_pr))
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+
+    # The generator, against the updated discriminator (its weights not trained here).
+    d.requires_grad_(False)
+    adv = g_hinge_loss(d(fake, to_hw))
+    loss = adv
+    identity = torch.zeros(())
+    if ident is not None:
+        identity = (ident - batch.printed).abs().mean()
+        loss = loss + cfg.lambda_identity * (identity + g_hinge_loss(d(ident, to_pr)))
+    task_loss = torch.zeros(())
+    if task is not None:
+        task_loss = task(fake, batch.extents, batch.tokens)
+        loss = loss + cfg.lambda_task * task_loss
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    d.requires_grad_(True)
+    return [v.item() for v in (d_loss, adv, task_loss, identity)]
+
+
 def train_gan(
     cfg: GanConfig, run_dir: str | Path, domains: Domains | None = None, resume: bool = False
 ) -> dict:
@@ -269,40 +313,9 @@ def train_gan(
         log = csv.writer(log_file)
         while state["step"] < cfg.steps:
             step = state["step"]
-            batch = make_batch(domains, cfg, step)
-            to_hw = torch.full((cfg.batch_size,), HANDWRITTEN)
-            to_pr = torch.full((cfg.batch_size,), PRINTED)
-            fake = g(batch.printed, batch.z, to_hw)
-            ident = g(batch.printed, batch.z, to_pr) if cfg.lambda_identity > 0 else None
-
-            # The discriminator: real handwriting against fakes (and real printed against
-            # the identity outputs, so that its projection head learns both domains).
-            d_loss = d_hinge_loss(d(batch.handwritten, to_hw), d(fake.detach(), to_hw))
-            if ident is not None:
-                d_loss = d_loss + d_hinge_loss(d(batch.printed, to_pr), d(ident.detach(), to_pr))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-
-            # The generator, against the updated discriminator (its weights not trained here).
-            d.requires_grad_(False)
-            adv = g_hinge_loss(d(fake, to_hw))
-            loss = adv
-            identity = torch.zeros(())
-            if ident is not None:
-                identity = (ident - batch.printed).abs().mean()
-                loss = loss + cfg.lambda_identity * (identity + g_hinge_loss(d(ident, to_pr)))
-            task_loss = torch.zeros(())
-            if task is not None:
-                task_loss = task(fake, batch.extents, batch.tokens)
-                loss = loss + cfg.lambda_task * task_loss
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            d.requires_grad_(True)
-
+            losses = train_step(g, d, opt_g, opt_d, task, make_batch(domains, cfg, step), cfg)
             state["step"] += 1
-            sums += [v.item() for v in (d_loss, adv, task_loss, identity)]
+            sums += losses
             logged += 1
             now, cpu = time.time(), time.process_time()
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
