@@ -10,6 +10,13 @@ they stay close to what the step costs alone. Run with one thread, as training h
 
 Each row: canvas height x width, channels, batch, task loss on or off, parameters of G and D,
 CPU seconds per step (mean over ``--steps`` after one warm-up step) and steps per CPU hour.
+
+``--recognizers`` instead compares what the task loss costs with the frozen shipped
+recognizer against a small transformer that would have to be trained alongside (its frozen
+pass on the fakes plus a training pass on real images), on a batch of 8 at 96 x 384 (a 48 x 192
+canvas at scale 0.5)::
+
+    OMP_NUM_THREADS=1 python benchmarks/gan_speed.py --recognizers
 """
 
 from __future__ import annotations
@@ -51,9 +58,51 @@ def measure(overrides: list[str], steps: int, domains=None) -> dict:
     }
 
 
+def recognizer_costs(passes: int = 3) -> dict:
+    """CPU seconds of one forward and backward pass of the task loss, by recognizer."""
+    from hmer.models import create_model
+    from hmer.weights import load_any
+
+    x = torch.rand(8, 1, 96, 384, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    masks = torch.zeros(8, 96, 384, dtype=torch.bool)
+    tokens = [list(range(5, 15))] * 8
+
+    def cost(model, train_params: bool) -> float:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(train_params)
+        model(x, masks, tokens, 0.0).backward()  # warm-up
+        t = time.process_time()
+        for _ in range(passes):
+            model(x, masks, tokens, 0.0).backward()
+        return round((time.process_time() - t) / passes, 3)
+
+    comer, vocab, name = load_any(None)
+    small = create_model(
+        "transformer",
+        len(vocab),
+        encoder="densenet",
+        encoder_cfg={"growth": 8, "depth": 4, "dropout": 0.0},
+        d_model=64,
+        nhead=4,
+        num_layers=1,
+        ffn=128,
+        dropout=0.0,
+    )
+    return {
+        f"{name} frozen ({sum(p.numel() for p in comer.parameters()) / 1e6:.2f}M)": cost(
+            comer, False
+        ),
+        f"small frozen ({sum(p.numel() for p in small.parameters()) / 1e6:.2f}M)": cost(
+            small, False
+        ),
+        "small training pass": cost(small, True),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--printed", required=True, help="captions.tsv of printed renders")
+    ap.add_argument("--printed", help="captions.tsv of printed renders")
     ap.add_argument("--handwritten", default="train", help="handwritten domain (default train)")
     ap.add_argument("--sizes", default="48x192x8,64x256x16,64x256x32", help="HxWxCHANNELS,...")
     ap.add_argument("--batch", type=int, default=8)
@@ -63,7 +112,14 @@ def main() -> None:
     )
     ap.add_argument("--limit", type=int, default=300, help="samples of each domain to load")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--recognizers", action="store_true", help="task loss costs by recognizer")
     args = ap.parse_args()
+    if args.recognizers:
+        for name, seconds in recognizer_costs().items():
+            print(f"{name}: {seconds:.3f} CPU s per pass")
+        return
+    if not args.printed:
+        ap.error("--printed is required (captions.tsv of hmer data render-latex)")
     base = [
         f"printed={args.printed}",
         f"handwritten={args.handwritten}",
