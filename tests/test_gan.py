@@ -172,6 +172,11 @@ def test_train_and_synthesize_a_dataset_training_reads(tmp_path, domains, capsys
         assert made.image.max() > 0
     assert Image.open(grid).size[0] > 2 * 64
 
+    first = tmp_path / "first"
+    args = ["--generator", str(run / "last.pt"), "--printed", printed, "--count", "2"]
+    assert main(["synth", "--method", "gan", *args, "--out", str(first)]) == 0
+    assert [s.id for s in read_image_captions(first / "captions.tsv").samples] == ["p0", "p1"]
+
 
 def test_lambda_task_zero_loads_no_recognizer(tmp_path, domains, monkeypatch):
     from hmer.training import gan as gan_mod

@@ -157,8 +157,7 @@ def synthesize(
     from hmer.data.images import ImageError, normalize_bitmap
 
     generator, gan = load_generator(generator_path)
-    split = read_image_captions(printed)  # ValueError naming the file and line
-    samples = split.samples[:count] if count > 0 else split.samples
+    samples = read_image_captions(printed, count).samples  # ValueError naming file and line
     if not samples:
         raise ValueError(f"{printed}: no printed images to translate")
     out_dir = Path(out_dir)
