@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hmer.interfaces import cli_data, cli_model, cli_serve, cli_symbol, cli_synth
+from hmer.interfaces import cli_data, cli_gan, cli_model, cli_serve, cli_symbol, cli_synth
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hmer", description="Handwritten math to LaTeX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (cli_model, cli_data, cli_synth, cli_symbol, cli_serve):
+    for module in (cli_model, cli_data, cli_synth, cli_gan, cli_symbol, cli_serve):
         module.register(sub)
     return parser
 

@@ -127,9 +127,10 @@ def _image_beside(folder: Path, key: str) -> Path | None:
     return None
 
 
-def read_image_captions(path: str | Path) -> Split:
+def read_image_captions(path: str | Path, limit: int = 0) -> Split:
     """A user's dataset: ``ID<TAB>LaTeX`` lines (:func:`caption_tokens`) whose ids name images
-    in the TSV's folder (``ID`` itself, or ``ID`` plus an image suffix such as ``.png``).
+    in the TSV's folder (``ID`` itself, or ``ID`` plus an image suffix such as ``.png``); with
+    ``limit``, only the first ``limit`` lines are read into samples (their images prepared).
 
     Each image is prepared as ``hmer recognize`` prepares it, so a model trains on what it
     will read. Captions are the training truth: a missing or unreadable image, an empty caption
@@ -140,7 +141,7 @@ def read_image_captions(path: str | Path) -> Split:
     path = Path(path)
     rows, errors = read_tsv(path, caption_tokens)
     samples = []
-    for key, tokens in rows.items():
+    for key, tokens in list(rows.items())[: limit or None]:
         image_path = _image_beside(path.parent, key)
         if image_path is None:
             errors.append(f"{path}: {key}: no image {key} (or {key}.png, .jpg...) in {path.parent}")

@@ -1,4 +1,5 @@
-"""``hmer synth``: synthetic handwritten training formulas made of real CROHME training glyphs."""
+"""``hmer synth``: synthetic handwritten training formulas, made of real CROHME training glyphs
+(``--method glyphs``) or translated from printed renders by a trained GAN (``--method gan``)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,38 @@ import time
 from pathlib import Path
 
 SOURCES = ("im2latex", "crohme", "both")
+METHODS = ("glyphs", "gan")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to the ``hmer`` parser."""
     p = sub.add_parser(
         "synth",
-        help="write synthetic handwritten formulas (a Split pickle training can mix in)",
-        description="Lay out LaTeX formulas and write them with real handwritten glyphs cut from "
-        "the CROHME training ink. The output pickle is a hmer Split of Samples; pass it to "
-        "training as extra training data (data.extra_train).",
+        help="write synthetic handwritten formulas (training data to mix in)",
+        description="--method glyphs (default): lay out LaTeX formulas and write them with real "
+        "handwritten glyphs cut from the CROHME training ink; the output pickle is a hmer Split "
+        "of Samples. --method gan: translate the printed renders of --printed (the captions.tsv "
+        "of hmer data render-latex) with a trained generator (--generator, from hmer gan "
+        "train) into OUT/ID.png and OUT/captions.tsv. Either output is extra training data "
+        "(data.extra_train; the .pkl, or OUT/captions.tsv).",
     )
+    p.add_argument("--method", choices=METHODS, default="glyphs", help="how (default glyphs)")
     p.add_argument("--count", type=int, default=1000, help="samples to write (default 1000)")
     p.add_argument(
         "--out",
         required=True,
-        help="output .pkl file, or a folder (then synth-<source>-<count>-s<seed>.pkl inside)",
+        help="output .pkl file, or a folder (then synth-<source>-<count>-s<seed>.pkl inside); "
+        "--method gan: the output folder",
     )
+    p.add_argument("--generator", help="--method gan: the generator (RUN_DIR/last.pt)")
+    p.add_argument("--printed", help="--method gan: captions.tsv of printed renders to translate")
     p.add_argument("--source", choices=SOURCES, default="both", help="formula source")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preview", help="write a PNG grid of rendered samples with their LaTeX")
+    p.add_argument(
+        "--preview",
+        help="write a PNG grid of rendered samples with their LaTeX (--method gan: each "
+        "printed input beside its generated output)",
+    )
     p.add_argument("--preview-count", type=int, default=24)
     p.add_argument("--inkml", action="store_true", help="also write one InkML file per sample")
     p.add_argument(
@@ -55,7 +68,48 @@ def _out_path(args: argparse.Namespace) -> Path:
     return out / f"synth-{args.source}-{args.count}-s{args.seed}.pkl"
 
 
+def run_gan(args: argparse.Namespace) -> int:
+    from hmer.synthesis.gan import CAPTIONS, GeneratorError, synthesize
+
+    if not args.generator or not args.printed:
+        print("error: --method gan needs --generator FILE and --printed TSV", file=sys.stderr)
+        return 2
+    if args.count < 0:
+        print("error: --count must not be negative", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        report = synthesize(
+            args.generator,
+            args.printed,
+            args.out,
+            args.count,
+            args.seed,
+            grid=args.preview,
+            grid_count=args.preview_count,
+        )
+    except GeneratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: printed images: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - t0
+    print(f"generated {len(report.written)} images in {seconds:.1f} s")
+    for message in report.skipped[:5]:
+        print(f"  skipped {message}")
+    if not report.written:
+        print("error: nothing generated", file=sys.stderr)
+        return 1
+    print(f"wrote {Path(args.out) / CAPTIONS} (data.extra_train takes it)")
+    if report.grid:
+        print(f"wrote preview {report.grid}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.method == "gan":
+        return run_gan(args)
     from hmer.data.dataset import Split, default_data_dir, read_captions, save_atomic
     from hmer.data.vocab import SPECIALS, Vocab
     from hmer.synthesis.generate import generate, preview_grid, read_im2latex, to_inkml

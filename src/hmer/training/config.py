@@ -110,6 +110,42 @@ class SymbolConfig:
     max_minutes: float = 0.0  # stop (resumably) after this much training time (0: no limit)
 
 
+@dataclass
+class GanConfig:
+    """The printed-to-handwritten GAN (``hmer gan train``): data, image size, networks, losses
+    and optimization. Images are the image models' inputs (white ink on black, symbols about
+    ``SYMBOL_PX``) scaled by ``scale`` and placed top-left on a ``height`` x ``width`` canvas
+    (larger ones shrunk to fit)."""
+
+    # The printed domain: captions.tsv of hmer data render-latex (a .tsv image dataset).
+    printed: str = ""
+    # The handwritten domain: a CROHME split name, a .pkl of samples or a .tsv image dataset.
+    handwritten: str = "train"
+    printed_limit: int = 0  # use only the first this many printed images (0: all)
+    handwritten_limit: int = 0  # a fixed random subset of this many handwritten samples (0: all)
+    height: int = 64
+    width: int = 256
+    scale: float = 0.5  # canvas pixels per input pixel
+    channels: int = 16  # generator and discriminator widths: channels x 1, 2, 4, 8, 8
+    z_dim: int = 32
+    embed_dim: int = 32  # domain embedding of the generator's conditional batch norms
+    self_attention: bool = True  # one self-attention layer in each network (the ablation)
+    lambda_task: float = 1.0  # weight of the recognizer's loss on generated images (0: off)
+    # The frozen recognizer of the task loss: a release or checkpoint ("": the shipped default).
+    task_model: str = ""
+    lambda_identity: float = 1.0  # L1 of G(printed -> printed) to its input, and D on domain 0
+    batch_size: int = 8
+    steps: int = 10000
+    lr_g: float = 5e-5
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.9
+    seed: int = 1
+    log_every: int = 20
+    checkpoint_minutes: float = 5.0
+    max_minutes: float = 0.0  # stop (resumably) after this much training time (0: no limit)
+
+
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
 CHOICES = {
     ("data", "val_split"): ("random", "formula"),
@@ -122,6 +158,8 @@ PROBABILITIES = {
     ("data", "ink_reverse_p"),
     ("train", "momentum"),
     ("symbols", "dropout"),
+    ("gan", "beta1"),
+    ("gan", "beta2"),
 }
 # Numbers that must not be negative, and the one factor that must lie strictly between 0 and 1.
 NON_NEGATIVE = {
@@ -249,26 +287,57 @@ def _section(name: str, raw, kind: type | None = None):
     return kind(**values)
 
 
-def symbol_config(raw: dict, overrides: list[str] = ()) -> SymbolConfig:
-    """A checked :class:`SymbolConfig` from the ``[symbols]`` table of ``raw`` (a config file's
-    dict, may be empty) and ``KEY=VALUE`` overrides (values read as TOML, as in
-    :func:`apply_overrides`)."""
-    unknown = set(raw) - {"symbols"}
+def table_config(raw: dict, table: str, kind: type, overrides: list[str] = ()):
+    """The checked dataclass ``kind`` from the one ``[table]`` table of ``raw`` (a config
+    file's dict, may be empty) and ``KEY=VALUE`` overrides (values read as TOML, as in
+    :func:`apply_overrides`): the config of a trainer with a single table (symbols, gan)."""
+    unknown = set(raw) - {table}
     if unknown:
-        raise ConfigError(f"a symbol config has only a [symbols] table, not {sorted(unknown)}")
-    values = dict(raw.get("symbols", {}))
+        raise ConfigError(f"a {table} config has only a [{table}] table, not {sorted(unknown)}")
+    values = dict(raw.get(table, {}))
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not KEY=VALUE")
         try:
-            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+            value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"override {item!r}: {text!r} is not a value") from exc
-    cfg = _section("symbols", values, SymbolConfig)
+            field_type = next((str(f.type) for f in dataclasses.fields(kind) if f.name == key), "")
+            if field_type != "str":
+                raise ConfigError(f"override {item!r}: {text!r} is not a value") from exc
+            value = text  # a path or name given bare
+        values[key.strip()] = value
+    return _section(table, values, kind)
+
+
+def symbol_config(raw: dict, overrides: list[str] = ()) -> SymbolConfig:
+    """A checked :class:`SymbolConfig` from the ``[symbols]`` table of ``raw`` and overrides
+    (:func:`table_config`)."""
+    cfg = table_config(raw, "symbols", SymbolConfig, overrides)
     for key in ("size", "variants", "width", "batch_size", "epochs", "val_size"):
         if getattr(cfg, key) < (8 if key == "size" else 1):
             raise ConfigError(f"symbols.{key} is too small: {getattr(cfg, key)}")
+    return cfg
+
+
+def gan_config(raw: dict, overrides: list[str] = ()) -> GanConfig:
+    """A checked :class:`GanConfig` from the ``[gan]`` table of ``raw`` and overrides
+    (:func:`table_config`)."""
+    cfg = table_config(raw, "gan", GanConfig, overrides)
+    for key in ("height", "width"):
+        value = getattr(cfg, key)
+        if value < 16 or value % 16:
+            raise ConfigError(f"gan.{key} must be a multiple of 16 (at least 16), not {value}")
+    for key in ("channels", "z_dim", "embed_dim", "batch_size", "steps"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"gan.{key} is too small: {getattr(cfg, key)}")
+    if cfg.batch_size < 2:
+        raise ConfigError("gan.batch_size must be at least 2 (batch norm needs a batch)")
+    if not 0.0 < cfg.scale <= 4.0:
+        raise ConfigError(f"gan.scale must be in (0, 4], not {cfg.scale}")
+    for key in ("lambda_task", "lambda_identity", "lr_g", "lr_d", "max_minutes"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"gan.{key} must not be negative, not {getattr(cfg, key)}")
     return cfg
 
 
