@@ -16,11 +16,17 @@ def test_atomic_open_replaces_whole_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError), atomic_open(path, "w") as fh:
         fh.write("half")
         raise RuntimeError("killed")
-    assert path.read_text() == "old" and not (tmp_path / "f.txt.tmp").exists()
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
     with atomic_open(path, "w", durable=True) as fh:
         fh.write("new")
         assert path.read_text() == "old"  # readers see the old file until the block ends
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+    # Two writers of one file at once (two trainers filling one cache) must not collide.
+    with atomic_open(path, "w") as first, atomic_open(path, "w") as second:
+        first.write("first")
+        second.write("second")
+    assert path.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
 
 
 def _cells(grid: np.ndarray, rows: int, cols: int, cell=(128, 384)) -> list[list[np.ndarray]]:

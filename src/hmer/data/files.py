@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import itertools
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,9 @@ def is_regular_file(path: str | Path) -> bool:
         return False
 
 
+_WRITERS = itertools.count()
+
+
 @contextlib.contextmanager
 def atomic_open(
     path: str | Path, mode: str = "wb", durable: bool = False, **kwargs
@@ -53,7 +57,8 @@ def atomic_open(
     cut). ``mode`` and ``kwargs`` are ``open``'s ("w" with ``newline=""`` for CSV).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # One name per writer: two processes filling the same cache at once must not share it.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{next(_WRITERS)}.tmp")
     try:
         with open(tmp, mode, **kwargs) as fh:
             yield fh
