@@ -404,3 +404,17 @@ def test_a_time_budget_stops_mid_epoch_and_a_larger_one_goes_on(tmp_path, sample
     assert resumed["step"] == straight["step"] and resumed["epoch"] == 2
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "budget")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_epochs_keeps_the_last_end_of_epoch_checkpoints(tmp_path, samples, vocab):
+    # Three epochs keeping two: epoch-2.pt and epoch-3.pt remain, each the run as it ended that
+    # epoch (epoch-3.pt is the final last.pt), ready for hmer export to average.
+    cfg = tiny_config(epochs=3, keep_epochs=2)
+    cfg["vocab"] = vocab.to_json()
+    train(cfg, tmp_path / "run", samples={"train": samples, "val": samples})
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-2.pt", "epoch-3.pt"]
+    kept = torch.load(run / "epoch-2.pt", weights_only=False)
+    assert kept["state"]["epoch"] == 2
+    last, final = _weights(run), torch.load(run / "epoch-3.pt", weights_only=False)["model"]
+    assert all(torch.equal(last[k], final[k]) for k in last)

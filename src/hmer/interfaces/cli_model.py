@@ -204,6 +204,8 @@ training options (config [train] keys; set them with --set train.KEY=VALUE):
   max_minutes = M                  stop after M minutes of training, validating and saving
                                    where it stops (0: no limit); --resume with a larger M
                                    goes on from that batch
+  keep_epochs = N                  keep the last N end-of-epoch checkpoints as epoch-E.pt,
+                                   to average with hmer export epoch-*.pt (0: none)
 examples:
   hmer train configs/wap.toml --set train.optimizer=sgd --set train.lr=0.05 \\
       --set train.scheduler=plateau --set train.patience=6

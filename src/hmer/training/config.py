@@ -80,6 +80,9 @@ class TrainConfig:
     # validation and a checkpoint at the stop; a resumed run with a larger budget goes on from
     # that batch (0: no limit). Fixed-budget comparisons set it with epochs planned to fill it.
     max_minutes: float = 0.0
+    # Keep the end-of-epoch checkpoints of the last N epochs as epoch-E.pt, for weight averaging
+    # (``hmer export epoch-*.pt``); 0: only last.pt and best.pt.
+    keep_epochs: int = 0
     test_every: int = 2  # epochs between test-set evaluations (0: never)
     patience: int = 0  # stop after this many validations without gain (0: never)
     eval_max_len: int = 0  # most tokens a validation decode writes (0: 8 + twice the longest truth)
@@ -163,7 +166,14 @@ PROBABILITIES = {
 }
 # Numbers that must not be negative, and the one factor that must lie strictly between 0 and 1.
 NON_NEGATIVE = {
-    ("train", k) for k in ("min_lr", "plateau_patience", "patience", "eval_max_len", "max_minutes")
+    ("train", k) for k in (
+        "min_lr",
+        "plateau_patience",
+        "patience",
+        "eval_max_len",
+        "max_minutes",
+        "keep_epochs",
+    )
 }
 FACTORS = {("train", "plateau_factor")}
 

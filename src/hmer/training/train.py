@@ -19,6 +19,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -287,6 +288,19 @@ def save_checkpoint(path: Path, state: dict) -> None:
     one, never a torn one."""
     with atomic_open(path, "wb", durable=True) as fh:
         torch.save(state, fh)
+
+
+def keep_epoch(run_dir: Path, last: Path, epoch: int, keep: int) -> None:
+    """Copy the end-of-epoch checkpoint ``last`` to ``epoch-{epoch}.pt`` and delete the copies
+    older than the last ``keep`` epochs (``keep`` 0: keep none)."""
+    if keep <= 0:
+        return
+    with atomic_open(run_dir / f"epoch-{epoch}.pt") as dst, open(last, "rb") as src:
+        shutil.copyfileobj(src, dst)
+    for old in run_dir.glob("epoch-*.pt"):
+        number = old.stem.removeprefix("epoch-")
+        if number.isdigit() and int(number) <= epoch - keep:
+            old.unlink()
 
 
 def init_weights(model: torch.nn.Module, path: str | Path, partial: bool = False) -> int:
@@ -757,6 +771,8 @@ def train(
                     step_plateau(plateau, optimizer, val_rate)
             if log is not None:
                 checkpoint()
+                if not spent:
+                    keep_epoch(run_dir, ckpt_path, state["epoch"], tc.keep_epochs)
                 training_curves(run_dir)
                 last_ckpt = time.time()
             if early_stop(state, tc.patience, main, distributed):
