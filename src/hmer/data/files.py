@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import itertools
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
