@@ -166,7 +166,8 @@ PROBABILITIES = {
 }
 # Numbers that must not be negative, and the one factor that must lie strictly between 0 and 1.
 NON_NEGATIVE = {
-    ("train", k) for k in (
+    ("train", k)
+    for k in (
         "min_lr",
         "plateau_patience",
         "patience",
