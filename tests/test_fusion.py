@@ -34,6 +34,7 @@ from hmer.decoding.fusion import (
     pool,
     search_lists,
 )
+from hmer.decoding.limits import length_limits
 from hmer.decoding.search import Hypothesis, bidirectional_beam_search, greedy, sequence_logprob
 from hmer.evaluation.fusion_fit import (
     Case,
@@ -75,6 +76,13 @@ def encoded(rec, traces):
         return rec.model.encode(*rec.as_batch(rec.prepare_ink(traces)))
 
 
+def limit_of(rec, traces) -> int:
+    """The length limit the recognizer's model decodes ``traces`` to (its input's size)."""
+    _, masks = rec.as_batch(rec.prepare_ink(traces))
+    (limit,) = length_limits(rec.model.input_kind, masks, 200)
+    return limit
+
+
 # -- pooling and rescoring ---------------------------------------------------------------------
 def test_pool_keeps_each_distinct_hypothesis_once_with_who_found_it():
     h = lambda ids: Hypothesis(ids, -1.0, -0.5)  # noqa: E731
@@ -94,7 +102,8 @@ def test_rescoring_equals_each_models_own_beam_scoring(fusion, role):
     assert len({tuple(i) for i in cands.ids}) == len(cands.ids)  # deduplicated
     rec = fusion.recognizers[role]
     with torch.inference_mode():
-        own = bidirectional_beam_search(rec.model, encoded(rec, traces), beam=3)
+        mem, limit = encoded(rec, traces), limit_of(rec, traces)
+        own = bidirectional_beam_search(rec.model, mem, beam=3, max_len=limit)
     mine = cands.own(role, 3)
     assert [h.ids for h in mine] == [h.ids for h in own]
     assert [h.score for h in mine] == pytest.approx([h.score for h in own], abs=1e-5)
@@ -177,7 +186,8 @@ def test_greedy_mode_rescores_one_greedy_hypothesis_of_each_model(fusion):
     for role in ("image", "strokes"):
         rec = fusion.recognizers[role]
         with torch.inference_mode():
-            greedy_ids.append(greedy(rec.model, encoded(rec, traces), 1, "l2r")[0].ids)
+            mem, limit = encoded(rec, traces), limit_of(rec, traces)
+            greedy_ids.append(greedy(rec.model, mem, 1, "l2r", limit)[0].ids)
     assert cands.ids == [list(i) for i in dict.fromkeys(map(tuple, greedy_ids))]
     assert all(len(f) >= 1 for f in cands.found_by)
     for s in cands.scores.values():  # both models score both hypotheses, both ways
@@ -194,6 +204,18 @@ def test_max_len_bounds_both_models_hypotheses(fusion):
             assert cands.ids and all(len(ids) <= 3 for ids in cands.ids)
     finally:
         fusion.max_len = None
+
+
+def test_each_model_stops_at_its_inputs_length_limit(fusion):
+    # Untrained models rarely write the end token: each runs to the limit its own input gives
+    # (as alone in hmer.recognize), far below the 200 of the fixed bound.
+    traces = write(["x", "+", "1"])
+    limits = {role: limit_of(rec, traces) for role, rec in fusion.recognizers.items()}
+    assert max(limits.values()) < 200
+    for beam in (1, 2):
+        cands = fusion.candidates(traces, beam=beam)
+        for ids, roles in zip(cands.ids, cands.found_by, strict=True):
+            assert len(ids) <= min(limits[role] for role in roles)
 
 
 def sample_ink(traces):

@@ -27,6 +27,7 @@ import torch
 
 from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
 from hmer.decoding.fusion import Candidates, FusionParams, direction_scores, pool, search_lists
+from hmer.decoding.limits import length_limits
 from hmer.decoding.search import Hypothesis
 from hmer.models.base import Memory
 from hmer.recognize import INK_SUFFIXES, Recognizer, Result, deadline_within, ranked
@@ -185,13 +186,16 @@ class FusionRecognizer:
         """
         beam = self.beam if beam is None else beam
         deadline = deadline_within(deadline, self.timeout_s)
-        limits = {} if self.max_len is None else {"max_len": self.max_len}
+        most = 200 if self.max_len is None else self.max_len
         recs = self.recognizers
 
         def search(role: str) -> tuple[Memory, list[list[Hypothesis]]]:
             rec = recs[role]  # the render or the point features are made on the role's thread too
-            mem = rec.model.encode(*rec.as_batch(rec.prepare_ink(traces)))
-            return mem, search_lists(rec.model, mem, beam, deadline=deadline, **limits)
+            inputs, masks = rec.as_batch(rec.prepare_ink(traces))
+            mem = rec.model.encode(inputs, masks)
+            # Each model stops at its input's length limit, as it does alone (hmer.recognize).
+            (limit,) = length_limits(rec.model.input_kind, masks, most)
+            return mem, search_lists(rec.model, mem, beam, limit, deadline)
 
         def rescore(role: str) -> np.ndarray:
             return direction_scores(recs[role].model, found[role][0], ids, deadline=deadline)
