@@ -25,6 +25,7 @@ Releases stay in the run folder (``ROW/release.safetensors``); ``hmer recognize 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -34,6 +35,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from hmer.data.files import atomic_open
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_STEPS = 20  # the first steps meet new padded shapes, which cost far more than repeats
@@ -67,14 +70,19 @@ def hmer(*args: str) -> list[str]:
     return [sys.executable, "-m", "hmer", *args]
 
 
-def run_step(cmd: list[str], log: Path, threads: int) -> None:
-    """Run one step, its output appended to ``log``; a failing step stops the table."""
+def run_step(cmd: list[str], log: Path, threads: int, output: Path | None = None) -> None:
+    """Run one step, its output appended to ``log`` (its standard output written to ``output``
+    instead, when given, whole or not at all); a failing step stops the table."""
     print("$", shlex.join(cmd), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with log.open("a") as fh:
-        code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if code:
-        raise SystemExit(f"step failed (exit {code}); see {log}")
+    with (
+        log.open("a") as fh,
+        atomic_open(output, "w") if output else contextlib.nullcontext(fh) as out,
+    ):
+        errors = fh if output else subprocess.STDOUT
+        code = subprocess.call(cmd, stdout=out, stderr=errors, env=env, cwd=ROOT)
+        if code:
+            raise SystemExit(f"step failed (exit {code}); see {log}")
 
 
 def measured_rate(run_dir: Path) -> float:
@@ -147,12 +155,7 @@ def run_row(row: Row, out: Path, budget: float, args: argparse.Namespace) -> dic
         cmd += ["--limit", str(args.limit)] if args.limit else []
         record["commands"][f"beam{beam}"] = shlex.join(cmd[2:])
         if not result.exists():
-            print("$", shlex.join(cmd), flush=True)
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            text = subprocess.run(
-                [*cmd, "--json"], capture_output=True, text=True, env=env, cwd=ROOT, check=True
-            ).stdout
-            result.write_text(text)
+            run_step([*cmd, "--json"], log, threads, output=result)
         record[f"beam{beam}"] = json.loads(result.read_text())
     record["params"] = parameter_count(release)
     record_path.write_text(json.dumps(record, indent=2))
