@@ -237,7 +237,7 @@ def test_symbol_config_is_checked():
     assert symbol_config({"symbols": {"size": 48}}, ["width=8"]).size == 48
     for raw, overrides, match in (
         ({}, ["sise=48"], "did you mean symbols.size"),
-        ({}, ["size=big"], "not a value"),
+        ({}, ["size=big"], "must be an integer, not .big."),
         ({}, ["size=4"], "too small"),
         ({}, ["dropout=2"], "probability"),
         ({"train": {}}, [], "only a \\[symbols\\] table"),

@@ -306,18 +306,13 @@ def table_config(raw: dict, table: str, kind: type, overrides: list[str] = ()):
     if unknown:
         raise ConfigError(f"a {table} config has only a [{table}] table, not {sorted(unknown)}")
     values = dict(raw.get(table, {}))
+    types = {f.name: str(f.type) for f in dataclasses.fields(kind)}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not KEY=VALUE")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError as exc:
-            field_type = next((str(f.type) for f in dataclasses.fields(kind) if f.name == key), "")
-            if field_type != "str":
-                raise ConfigError(f"override {item!r}: {text!r} is not a value") from exc
-            value = text  # a path or name given bare
-        values[key.strip()] = value
+        key = key.strip()
+        values[key] = override_value(text, types.get(key) == "str")
     return _section(table, values, kind)
 
 
@@ -444,15 +439,20 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a table")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
         text_field = kind == "str" or (kind is None and isinstance(node.get(last), str))
-        if text_field and not isinstance(value, str):
-            value = raw
-        node[last] = value
+        node[last] = override_value(raw, text_field)
     return config
+
+
+def override_value(raw: str, text_field: bool) -> Any:
+    """An override's value: ``raw`` read as TOML, except that a text field keeps the raw text
+    (``data.test=2014`` names a split, ``out=runs/x`` a path), as does text that is not TOML (the
+    field's type check then names the mistake)."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    return raw if text_field and not isinstance(value, str) else value
 
 
 def check_model_builds(config: Config) -> None:
