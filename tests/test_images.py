@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from hmer.data.images import MAX_SIZE, ImageError, load_gray, normalize_bitmap, prepare_image
+from hmer.data.images import (
+    LINE_WIDTH_RANGE,
+    MAX_SIZE,
+    ImageError,
+    load_gray,
+    normalize_bitmap,
+    prepare_image,
+    stroke_width,
+)
 from hmer.data.render import SYMBOL_PX
 
 
@@ -29,6 +37,19 @@ def scribble(symbol: int, width: int, dark_ink: bool, antialias: bool = False) -
         img = img.resize((img.width // ss, img.height // ss), Image.Resampling.LANCZOS)
     arr = np.asarray(img)
     return 255 - arr if dark_ink else arr
+
+
+def test_other_tools_line_widths_come_out_in_the_training_range():
+    # Symbols 24 px high drawn 1 px and 8 px wide (a hairline pen, a marker) leave normalization
+    # within the renders' widths; a 3 px line, as hmer renders, is left as drawn.
+    lo, hi = LINE_WIDTH_RANGE
+    for width in (1, 8):
+        raw = normalize_bitmap(scribble(24, width, False), line_widths=None)
+        out = normalize_bitmap(scribble(24, width, False))
+        assert not lo <= stroke_width(raw > 127) <= hi
+        assert abs(stroke_width(out > 127) - 3.4) < abs(stroke_width(raw > 127) - 3.4)
+    drawn = scribble(24, 3, False)
+    assert np.array_equal(normalize_bitmap(drawn), normalize_bitmap(drawn, line_widths=None))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from hmer.data.images import load_gray, normalize_bitmap
+from hmer.data.images import load_gray, normalize_bitmap, stroke_width
 from hmer.data.inkml import Ink
 from hmer.data.latex import normalize_tokens
 from hmer.data.render import RenderStyle, render_fixed
@@ -83,12 +83,6 @@ def render_symbol(
     return render_fixed(strokes, (size, size), pad, style or inference_style(size))
 
 
-def _stroke_width(ink: np.ndarray) -> float:
-    """About how many pixels wide the strokes of a boolean ink mask are (area / half boundary)."""
-    boundary = ink & ~ndimage.binary_erosion(ink)
-    return 2.0 * float(ink.sum()) / max(1.0, float(boundary.sum()))
-
-
 def symbol_bitmap(data, size: int = 32, source: str = "<image>") -> np.ndarray:
     """A user's image of one symbol (bytes, path, array) as the classifier's square.
 
@@ -98,12 +92,14 @@ def symbol_bitmap(data, size: int = 32, source: str = "<image>") -> np.ndarray:
     unreadable or blank images.
     """
     # Drawn a few times larger than the square, so the fit below averages detail away, not in.
-    crop = normalize_bitmap(load_gray(data, source), 4.0 * size, source, (8 * size, 8 * size))
+    crop = normalize_bitmap(
+        load_gray(data, source), 4.0 * size, source, (8 * size, 8 * size), line_widths=None
+    )
     crop = crop[8:-8, 8:-8]  # normalize_bitmap's padding
     pad = max(1, round(PADDING * size / 32))
     scale = (size - 2 * pad) / max(crop.shape)
     want = inference_style(size).line_width / scale  # stroke width wanted before the resize
-    have = _stroke_width(crop > 127)
+    have = stroke_width(crop > 127)
     if have < want:
         grow = int(round(want - have))
         if grow > 0:  # padded first: the thicker strokes reach past the tight crop
