@@ -31,9 +31,9 @@ CC_RATIO = 1.2
 # The largest render training used (hmer.data.batching.BucketSpec: heights to 256, widths to 1024).
 MAX_SIZE = (256, 1024)
 PADDING = 8
-# Stroke widths of the training renders once normalized, as ``stroke_width`` estimates them (10th
-# to 90th percentile 2.3-4.3 on CROHME 2014 renders); bitmaps outside are thickened or thinned.
-LINE_WIDTH_RANGE: tuple[float, float] | None = (2.3, 4.5)
+# Stroke widths of the training renders, as ``stroke_width`` estimates them (10th to 90th
+# percentile 2.3-4.3 on CROHME 2014 renders); bitmaps outside are thickened or thinned.
+LINE_WIDTH_RANGE = (2.3, 4.5)
 # A formula has at most a few hundred marks; beyond that, only the largest are kept (noise).
 MAX_COMPONENTS = 1000
 # Formats a user image may be in: decoders for the others (DDS, SPIDER, EPS, FITS...) are never
@@ -180,9 +180,9 @@ def stroke_width(ink: np.ndarray) -> float:
 def even_stroke_width(
     img: np.ndarray, width_range: tuple[float, float] | None = LINE_WIDTH_RANGE
 ) -> np.ndarray:
-    """Thicken strokes thinner than ``width_range`` by a pixel at a time, or thin thicker ones,
-    so that other tools' 1-px or 6-px lines reach the model at widths it trained on (``img``:
-    uint8 white ink on black; None: unchanged)."""
+    """Thicken strokes thinner than ``width_range`` by a pixel, or thin thicker ones towards its
+    middle, so that other tools' 1-px or 6-px lines reach the model at widths it trained on
+    (``img``: uint8 white ink on black; ``width_range`` None: unchanged)."""
     if width_range is None:
         return img
     lo, hi = width_range
