@@ -27,7 +27,7 @@ import torch
 
 from hmer.data.inkml import Ink, read_inkml, strokes_to_ink
 from hmer.decoding.fusion import Candidates, FusionParams, direction_scores, pool, search_lists
-from hmer.decoding.limits import length_limits
+from hmer.decoding.limits import MAX_TOKENS, length_limits
 from hmer.decoding.search import Hypothesis
 from hmer.models.base import Memory
 from hmer.recognize import INK_SUFFIXES, Recognizer, Result, deadline_within, ranked
@@ -186,7 +186,7 @@ class FusionRecognizer:
         """
         beam = self.beam if beam is None else beam
         deadline = deadline_within(deadline, self.timeout_s)
-        most = 200 if self.max_len is None else self.max_len
+        most = MAX_TOKENS if self.max_len is None else self.max_len
         recs = self.recognizers
 
         def search(role: str) -> tuple[Memory, list[list[Hypothesis]]]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from hmer.decoding.ctc import ctc_beam_batch, ctc_greedy, ctc_prefix_beam_search
-from hmer.decoding.limits import length_limits
+from hmer.decoding.limits import MAX_TOKENS, length_limits
 from hmer.decoding.search import (
     DecodingTimeout,
     Hypothesis,
@@ -42,7 +42,7 @@ def recognize_batch(
     inputs: torch.Tensor,
     masks: torch.Tensor,
     beam: int = 10,
-    max_len: int = 200,
+    max_len: int = MAX_TOKENS,
     deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode a padded batch with the search that fits the model; n-best hypotheses per input,
@@ -74,7 +74,7 @@ def recognize_inputs(
     model: Seq2SeqModel | CTCModel,
     items: Sequence[tuple[torch.Tensor, torch.Tensor]],
     beam: int = 10,
-    max_len: int = 200,
+    max_len: int = MAX_TOKENS,
     deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode inputs of different sizes, each (input, mask) a batch of one, as

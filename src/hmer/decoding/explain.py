@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hmer.decoding.limits import length_limits
+from hmer.decoding.limits import MAX_TOKENS, length_limits
 from hmer.decoding.search import greedy
 from hmer.models.base import CTCModel, ImageEncoder, Seq2SeqModel
 from hmer.models.encoders import STRIDE, pad_to_stride
@@ -46,7 +46,7 @@ def explain(
     if model.kind == "ctc":
         return _alignment(model, inputs, masks)
     mem = model.encode(inputs, masks)
-    (hyp,) = greedy(model, mem, 1, max_len=length_limits(model.input_kind, masks, 200))
+    (hyp,) = greedy(model, mem, 1, max_len=length_limits(model.input_kind, masks, MAX_TOKENS))
     start, _ = model.start_tokens("l2r")
     tgt = torch.tensor([[start, *hyp.ids]], device=inputs.device)
     h, w = mem["hw"]

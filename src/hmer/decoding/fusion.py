@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from hmer.decoding.limits import MAX_TOKENS
 from hmer.decoding.search import (
     Hypothesis,
     check_deadline,
@@ -33,7 +34,7 @@ def search_lists(
     model: Seq2SeqModel,
     mem: Memory,
     beam: int,
-    max_len: int = 200,
+    max_len: int = MAX_TOKENS,
     deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
     """One input's (``mem`` of batch 1) hypothesis lists before any rescoring: beam search in

@@ -26,6 +26,8 @@ STROKE_LINE = (4.169, 0.113)
 # At 1.0 no training caption is cut, but 4 of the 986 CROHME 2014 test truths are (images; ink:
 # 2); at 1.5, 2 (one of them longer than 200 tokens); at 2.0 none.
 MARGIN = 2.0
+# The most tokens any decode writes, whatever its input's size.
+MAX_TOKENS = 200
 
 
 def length_limit(input_kind: str, columns: float, rows: float = 0.0) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hmer.data.vocab import PAD_ID as PAD
+from hmer.decoding.limits import MAX_TOKENS
 from hmer.models.base import IncrementalDecoder, Memory, Seq2SeqModel
 
 
@@ -85,7 +86,7 @@ def greedy(
     mem: Memory,
     batch: int,
     direction: str = "l2r",
-    max_len: int | Sequence[int] = 200,
+    max_len: int | Sequence[int] = MAX_TOKENS,
     deadline: float | None = None,
 ) -> list[Hypothesis]:
     """Greedy decoding of the ``batch`` inputs of ``mem``, stopped at ``deadline``.
@@ -128,7 +129,7 @@ def beam_search(
     mem: Memory,
     beam: int = 10,
     direction: str = "l2r",
-    max_len: int = 200,
+    max_len: int = MAX_TOKENS,
     length_penalty: float = 1.0,
     deadline: float | None = None,
 ) -> list[Hypothesis]:
@@ -147,7 +148,7 @@ def grouped_beam_search(
     mem: Memory,
     directions: tuple[str, ...] = ("l2r", "r2l"),
     beam: int = 10,
-    max_len: int | Sequence[int] = 200,
+    max_len: int | Sequence[int] = MAX_TOKENS,
     length_penalty: float = 1.0,
     deadline: float | None = None,
 ) -> list[list[Hypothesis]]:
@@ -299,7 +300,7 @@ def bidirectional_beam_search(
     model: Seq2SeqModel,
     mem: Memory,
     beam: int = 10,
-    max_len: int = 200,
+    max_len: int = MAX_TOKENS,
     length_penalty: float = 1.0,
     deadline: float | None = None,
 ) -> list[Hypothesis]:
@@ -338,7 +339,7 @@ def beam_search_batch(
     model: Seq2SeqModel,
     mem: Memory,
     beam: int = 10,
-    max_len: int | Sequence[int] = 200,
+    max_len: int | Sequence[int] = MAX_TOKENS,
     length_penalty: float = 1.0,
     deadline: float | None = None,
 ) -> list[list[Hypothesis]]:

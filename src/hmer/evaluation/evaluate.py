@@ -27,6 +27,7 @@ from hmer.data.dataset import Sample
 from hmer.data.inkml import Ink
 from hmer.data.strokes import StrokeSpec, pad_points
 from hmer.decoding import recognize_batch
+from hmer.decoding.limits import MAX_TOKENS
 from hmer.evaluation.metrics import score
 from hmer.recognize import Recognizer
 
@@ -102,7 +103,7 @@ def evaluate_batched(
     spec: BucketSpec | None = None,
     beam: int = 1,
     normalize: str = "none",
-    max_len: int = 200,
+    max_len: int = MAX_TOKENS,
 ) -> Evaluation:
     """Recognize the samples in batches padded to ``spec``'s bucket shapes, and score them.
 
