@@ -334,6 +334,40 @@ def test_cli_writes_split_preview_and_inkml(tmp_path, monkeypatch):
     assert (tmp_path / "cache").is_dir()  # the bank was cached
 
 
+def test_cli_leaves_out_excluded_formulas(tmp_path, monkeypatch):
+    train = tmp_path / "crohme" / "TrainINKML"
+    train.mkdir(parents=True)
+    (train / "w1.inkml").write_text(_segmented_inkml())
+    data = tmp_path / "crohme"
+    (data / "dictionary.txt").write_text(
+        "".join(f"{t}\t{i}\n" for i, t in enumerate(_t("x 2 + 1 < u")))
+    )
+    (data / "train_caption.txt").write_text("w1\tx ^ { 2 } + 1 < u\nw2\tu + x\n")
+    (tmp_path / "test_caption.txt").write_text("t1\tu + x\n")
+    monkeypatch.setenv("HMER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "s.pkl"
+    args = ["synth", "--count", "6", "--out", str(out), "--source", "crohme"]
+    args += ["--data-dir", str(data), "--train-inkml", str(train)]
+    assert main(args) == 0
+    before = [s.tokens for s in pickle.loads(out.read_bytes()).samples]
+    assert _t("u + x") in before
+    assert main([*args, "--exclude", str(tmp_path / "test_caption.txt")]) == 0
+    after = [s.tokens for s in pickle.loads(out.read_bytes()).samples]
+    assert after == [t for t in before if t != _t("u + x")]
+    assert main([*args, "--exclude", str(tmp_path / "missing.txt")]) == 2
+
+
+def test_unseen_formulas_are_the_held_out_ones_training_lacks():
+    from hmer.data.dataset import Sample
+    from hmer.training.train import split_holdout, unseen_formulas
+
+    repeated = [Sample(f"r{i}", [], ["a"]) for i in range(30)]
+    unique = [Sample(f"u{i}", [], ["u", str(i)]) for i in range(10)]
+    _, val = split_holdout(repeated + unique, 10)
+    held = {tuple(s.tokens) for s in val}
+    assert ("a",) in held and len(held) > 1  # both kinds were held out
+    assert unseen_formulas(repeated + unique, 10) == held - {("a",)}
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -55,6 +55,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "them for vocabulary symbols (and dropping accents and font changes)",
     )
     p.add_argument("--max-tokens", type=int, default=60)
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        metavar="CAPTIONS",
+        help="--method glyphs: drop generated formulas equal to a caption of these files "
+        "(ID<TAB>tokens, e.g. the test sets' caption files)",
+    )
+    p.add_argument(
+        "--exclude-holdout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also drop the formulas of the training set's N-expression validation hold-out "
+        "(data.val_size) that no training expression has, so validation keeps measuring "
+        "unseen formulas",
+    )
+    p.add_argument(
+        "--holdout-by",
+        choices=("random", "formula"),
+        default="random",
+        help="how that hold-out is drawn (data.val_split; default random)",
+    )
     p.add_argument("--data-dir", help="CROHME folder (dictionary, captions); default: auto")
     p.add_argument("--train-inkml", help="training InkML folder or archive for the glyph bank")
     p.add_argument("--rebuild-bank", action="store_true", help="rebuild the cached glyph bank")
@@ -107,6 +130,20 @@ def run_gan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _excluded_formulas(args: argparse.Namespace, data_dir: Path) -> set[tuple[str, ...]]:
+    """Formulas generation must not write: those of ``--exclude`` files and of the unseen part
+    of the validation hold-out (``--exclude-holdout``)."""
+    from hmer.data.dataset import load_cached, read_captions
+
+    banned = {tuple(t) for path in args.exclude for t in read_captions(path).values()}
+    if args.exclude_holdout:
+        from hmer.training.train import unseen_formulas
+
+        train = load_cached("train", data_dir).samples
+        banned |= unseen_formulas(train, args.exclude_holdout, by=args.holdout_by)
+    return banned
+
+
 def run(args: argparse.Namespace) -> int:
     if args.method == "gan":
         return run_gan(args)
@@ -154,6 +191,12 @@ def run(args: argparse.Namespace) -> int:
         sources["crohme"] = [t for t in captions.values() if t and len(t) <= args.max_tokens]
         print(f"crohme: {len(sources['crohme'])} training captions")
 
+    try:
+        banned = _excluded_formulas(args, data_dir)
+    except (OSError, ValueError) as exc:
+        print(f"error: --exclude: {exc}", file=sys.stderr)
+        return 2
+
     samples, report, inks = generate(sources, args.count, bank, args.seed, with_symbols=args.inkml)
     rate = report.made / max(report.seconds, 1e-9)
     print(
@@ -162,6 +205,11 @@ def run(args: argparse.Namespace) -> int:
     )
     for why, n in report.skipped.most_common(5):
         print(f"  {n:6d}  {why}")
+    if banned:
+        keep = [i for i, s in enumerate(samples) if tuple(s.tokens) not in banned]
+        print(f"dropped {len(samples) - len(keep)} samples whose formula is excluded")
+        samples = [samples[i] for i in keep]
+        inks = [inks[i] for i in keep] if inks else inks
     if not samples:
         print("error: nothing generated", file=sys.stderr)
         return 1

@@ -75,6 +75,14 @@ def split_holdout(
     return train, val
 
 
+def unseen_formulas(samples: list[Sample], size: int, by: str = "random") -> set[tuple[str, ...]]:
+    """The formulas of the validation hold-out :func:`split_holdout` makes that no training
+    expression has: what synthetic training data must not draw, or validation on unseen formulas
+    stops measuring them."""
+    train, val = split_holdout(samples, size, by=by)
+    return {tuple(s.tokens) for s in val} - {tuple(s.tokens) for s in train}
+
+
 class SetupError(ValueError):
     """A run that cannot start: data that cannot be read, inputs its model does not read, or a
     checkpoint that does not match its config. The message says which."""
