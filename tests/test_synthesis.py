@@ -368,6 +368,7 @@ def test_unseen_formulas_are_the_held_out_ones_training_lacks():
     assert ("a",) in held and len(held) > 1  # both kinds were held out
     assert unseen_formulas(repeated + unique, 10) == held - {("a",)}
 
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
