@@ -418,3 +418,66 @@ def test_keep_epochs_keeps_the_last_end_of_epoch_checkpoints(tmp_path, samples, 
     assert kept["state"]["epoch"] == 2
     last, final = _weights(run), torch.load(run / "epoch-3.pt", weights_only=False)["model"]
     assert all(torch.equal(last[k], final[k]) for k in last)
+
+
+def test_device_option_trains_on_the_cpu_and_names_a_missing_gpu(tmp_path, samples, vocab, capsys):
+    from hmer.cli import main
+
+    _, cfg_path = _config_files(tmp_path, samples, vocab, epochs=1)
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--run-dir", str(run), "--device", "cpu"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["device"] == "cpu"
+    assert main(["train", str(cfg_path), "--run-dir", str(run), "--device", "gpu"]) == 2
+    assert 'train.device must be "cpu", "cuda" or "cuda:N"' in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", str(cfg_path), "--run-dir", str(run), "--device", "cuda"]) == 1
+        assert "sees no CUDA device" in capsys.readouterr().err
+
+
+def test_bf16_auto_on_a_gpu_follows_the_gpu(monkeypatch):
+    from hmer.training import train as train_mod
+
+    monkeypatch.setattr(train_mod, "bf16_fast", lambda: False)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert train_mod.use_bf16("auto", torch.device("cuda")) is supported
+    assert train_mod.use_bf16("auto", torch.device("cpu")) is False
+
+
+def test_gpu_script_steps_run_on_the_cpu_and_the_run_goes_on_after_join(tmp_path, samples, vocab):
+    # scripts/train-gpu.sh with DEVICE=cpu: the GPU job's steps (train, export, evaluate, the
+    # checkpoint in parts), then join and resume here, as after a GPU run.
+    from pathlib import Path
+
+    from hmer.cli import main
+
+    _, cfg_path = _config_files(tmp_path, samples, vocab, epochs=1)
+    root = Path(__file__).resolve().parents[1]
+    out, run = tmp_path / "out", tmp_path / "gpu-run"
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "PYTHON": sys.executable,
+        "EVAL_SPLIT": str(tmp_path / "samples.pkl"),
+        "RUN_DIR": str(run),
+        "OMP_NUM_THREADS": "1",
+    }
+    script = [str(root / "scripts" / "train-gpu.sh")]
+    done = subprocess.run(
+        ["bash", *script, "run", str(out), str(cfg_path), "5", "--set", "train.num_workers=0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "eval-2014-greedy.json").read_text())["n"] == len(samples)
+    assert (out / "release.safetensors").stat().st_size > 0
+    assert sorted(p.name for p in out.glob("last.pt.part-*")) == ["last.pt.part-aa"]
+    here = tmp_path / "here"
+    done = subprocess.run(["bash", *script, "join", str(out), str(here)], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert (here / "last.pt").read_bytes() == (run / "last.pt").read_bytes()
+    args = ["train", str(here / "config.json"), "--run-dir", str(here), "--resume"]
+    assert main([*args, "--device", "cpu", "--epochs", "2"]) == 0
+    assert torch.load(here / "last.pt", weights_only=False)["state"]["epoch"] == 2

@@ -29,6 +29,7 @@ from hmer.data.strokes import StrokeSpec, pad_points
 from hmer.decoding import recognize_batch
 from hmer.decoding.limits import MAX_TOKENS
 from hmer.evaluation.metrics import score
+from hmer.models.base import model_device
 from hmer.recognize import Recognizer
 
 
@@ -121,6 +122,7 @@ def evaluate_batched(
         key = stroke_spec.bucket(len(x)) if strokes else spec.bucket(*x.shape)
         buckets.setdefault(key, []).append(s.id)
     preds, ms = {}, {}
+    device = model_device(recognizer.model)  # a model training on a GPU validates there
     for key, ids in buckets.items():
         size = stroke_spec.batch_size(key) if strokes else spec.batch_size(*key)
         for k in range(0, len(ids), size):
@@ -131,6 +133,7 @@ def evaluate_batched(
             else:
                 x, masks = pad_images([inputs[i] for i in chunk], spec)
                 x = x.contiguous(memory_format=torch.channels_last)  # as training's batches
+            x, masks = x.to(device), masks.to(device)
             with torch.inference_mode():
                 hyps = recognize_batch(recognizer.model, x, masks, beam=beam, max_len=max_len)
             share = 1000 * (time.perf_counter() - t0) / len(chunk)

@@ -93,6 +93,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--epochs", type=int, help="override the config's epoch count")
     p.add_argument(
+        "--device",
+        help="cpu (default), cuda or cuda:N: where to train (train.device); a run started on "
+        "one resumes on the other",
+    )
+    p.add_argument(
         "--vocab",
         help="the vocabulary: a JSON token list as hmer data vocab writes it (default: the "
         "config's vocab, else the CROHME dictionary)",
@@ -425,6 +430,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         raw = apply_overrides(read_config(args.config), args.set)
+        if args.device:
+            raw.setdefault("train", {})["device"] = args.device
         if args.vocab:
             raw["vocab"] = args.vocab
         config = Config.from_dict(raw)

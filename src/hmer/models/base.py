@@ -133,3 +133,11 @@ class CTCModel(HMERModel, Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Float log-probabilities (T,B,V) and the valid frame count of each input (B,)."""
         ...
+
+
+def model_device(model: Any) -> torch.device:
+    """The device holding a model's parameters (the CPU for one without any, e.g. ONNX)."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,11 @@ class TrainConfig:
     label_smoothing: float = LABEL_SMOOTHING  # unused by CTC models
     clip_grad: float = 1.0
     bf16: bool | str = (
-        "auto"  # "auto": only where the CPU has native bf16 (emulated is ~10x slower)
+        "auto"  # "auto": on a GPU that has bf16, or a CPU with native bf16 (emulated: ~10x slower)
     )
+    # "cpu", or "cuda" / "cuda:N" (a GPU; under torchrun each process takes its LOCAL_RANK's GPU).
+    # A run may move between them: resume a GPU run on a CPU with --device cpu.
+    device: str = "cpu"
     seed: int = 1
     checkpoint_minutes: float = 5.0
     # Stop after this many minutes of training (validation and checkpoints not counted), with a
@@ -294,6 +298,8 @@ def _section(name: str, raw, kind: type | None = None):
             raise ConfigError(f"{where} must not be negative, not {value!r}")
         if (name, key) in FACTORS and not 0.0 < value < 1.0:
             raise ConfigError(f"{where} must be between 0 and 1 (exclusive), not {value!r}")
+        if (name, key) == ("train", "device") and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ConfigError(f'{where} must be "cpu", "cuda" or "cuda:N", not {value!r}')
         values[key] = value
     return kind(**values)
 

@@ -1,7 +1,8 @@
 """Training loop for the image and stroke models, read top to bottom.
 
-One process trains on its own; under ``torchrun`` each process takes its share of every epoch's
-batches and gradients are averaged by DistributedDataParallel (gloo on CPU).
+One process trains on its own, on the CPU or a GPU (``train.device``); under ``torchrun`` each
+process takes its share of every epoch's batches and gradients are averaged by
+DistributedDataParallel (gloo on CPU, NCCL on GPUs).
 Checkpoints are written atomically every few minutes and at each epoch end; ``resume`` continues
 from the exact batch where the last checkpoint was taken, with optimizer, scheduler and RNG states.
 
@@ -38,6 +39,7 @@ from hmer.data.strokes import StrokeBatches
 from hmer.data.vocab import Vocab
 from hmer.evaluation.plots import training_curves
 from hmer.models import create_model
+from hmer.models.base import model_device
 from hmer.training.config import (  # noqa: F401  (load_config, apply_overrides: public here too)
     Config,
     TrainConfig,
@@ -207,13 +209,39 @@ def bf16_fast() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def use_bf16(setting: bool | str) -> bool:
-    """Resolve a config's ``bf16`` (true, false or "auto") on this machine."""
+def use_bf16(setting: bool | str, device: torch.device | None = None) -> bool:
+    """Resolve a config's ``bf16`` (true, false or "auto") for ``device`` (default: the CPU)."""
     if setting == "auto":
+        if device is not None and device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
         return bf16_fast()
     if not isinstance(setting, bool):
         raise ValueError(f'train.bf16 must be true, false or "auto", not {setting!r}')
     return setting
+
+
+def training_device(setting: str, distributed: bool) -> torch.device:
+    """The device ``train.device`` names; under torchrun a ``cuda`` run takes the GPU of its
+    ``LOCAL_RANK``. A :class:`SetupError` where torch sees no such GPU."""
+    if setting == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SetupError(
+            f"train.device = {setting!r}, but this torch ({torch.__version__}) sees no CUDA "
+            "device; train with --device cpu"
+        )
+    if setting == "cuda":
+        setting = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) if distributed else 0}"
+    device = torch.device(setting)
+    if device.index >= torch.cuda.device_count():
+        raise SetupError(f"train.device = {setting!r}: torch sees {torch.cuda.device_count()} GPUs")
+    torch.cuda.set_device(device)
+    return device
+
+
+def autocast(model: torch.nn.Module, bf16: bool) -> torch.autocast:
+    """bf16 autocast (when ``bf16``) on the device that holds ``model``."""
+    return torch.autocast(model_device(model).type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def batches_for(model) -> type:
@@ -224,6 +252,12 @@ def batches_for(model) -> type:
 def as_input(x: torch.Tensor) -> torch.Tensor:
     """Image batches go channels-last (faster convolutions here); point sequences stay as is."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def model_inputs(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's inputs (:func:`as_input`) and masks on ``device``."""
+    inputs = as_input(batch["inputs"].to(device, non_blocking=True))
+    return inputs, batch["masks"].to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -244,7 +278,7 @@ def evaluate(
 
     # An unconverged model may never write the end token: the cap bounds its time.
     max_len = max_len or 8 + 2 * max(len(s.tokens) for s in samples)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with autocast(model, bf16):
         result = evaluate_batched(Recognizer(model, vocab), samples, spec, max_len=max_len)
     model.train()
     return result.metrics, [(i, " ".join(p)) for i, p in result.predictions.items()]
@@ -260,11 +294,12 @@ def validation_loss(
     model.eval()
     batches = batches_for(model)(samples, vocab, spec, 0, tc.seed, augment=False, shuffle=False)
     total = 0.0
+    device = model_device(model)
     for k in range(len(batches)):
         batch = batches[k]
-        inputs, masks, tokens = as_input(batch["inputs"]), batch["masks"], batch["tokens"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(inputs, masks, tokens, tc.label_smoothing)
+        inputs, masks = model_inputs(batch, device)
+        with autocast(model, bf16):
+            loss = model(inputs, masks, batch["tokens"], tc.label_smoothing)
         total += float(loss) * len(batch["ids"])
     model.train()
     return total / len(samples)
@@ -398,10 +433,15 @@ def unknown_tokens(data: TrainingData) -> dict[str, int]:
 
 
 def setup_model(
-    cfg: Config, vocab_size: int, init_from: str | None, init_partial: bool, main: bool
+    cfg: Config,
+    vocab_size: int,
+    init_from: str | None,
+    init_partial: bool,
+    main: bool,
+    device: torch.device | None = None,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[torch.nn.Parameter]]:
-    """The seeded model (optionally from released weights), its optimizer and trained
-    parameters."""
+    """The seeded model (optionally from released weights) on ``device`` (default: the CPU),
+    its optimizer and trained parameters."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     mc = dict(cfg.model)  # a copy: the config keeps its name for the checkpoints
@@ -411,6 +451,7 @@ def setup_model(
         n = init_weights(model, init_from, partial=init_partial)
         if main:
             print(f"initialized {n} of {len(model.state_dict())} tensors from {init_from}")
+    model.to(device or "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     return model, make_optimizer(params, tc), params
 
@@ -472,11 +513,16 @@ def checkpoint_state(
 
 
 def epoch_loader(
-    data: torch.utils.data.Dataset, start: int, num_workers: int, rng: torch.Tensor | None
+    data: torch.utils.data.Dataset,
+    start: int,
+    num_workers: int,
+    rng: torch.Tensor | None,
+    pin_memory: bool = False,
 ) -> tuple[Iterator[dict], int]:
     """An iterator over batches ``start``... of one epoch's ``data``, and how many there are.
 
-    ``rng`` (a resumed run's torch RNG state, else None) is set where the checkpoint took it.
+    ``rng`` (a resumed run's torch RNG state, else None) is set where the checkpoint took it;
+    ``pin_memory`` speeds copies to a GPU.
     """
     order = list(range(start, len(data)))
     loader = torch.utils.data.DataLoader(
@@ -485,6 +531,7 @@ def epoch_loader(
         sampler=order,
         num_workers=num_workers,
         persistent_workers=False,
+        pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,
     )
     # Creating the iterator draws a seed from the torch RNG: a checkpoint from inside an epoch
@@ -509,9 +556,9 @@ def train_step(
     """One optimizer step on ``batch`` at learning rate ``lr``; returns the loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    images = as_input(batch["inputs"])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = model(images, batch["masks"], batch["tokens"], tc.label_smoothing)
+    inputs, masks = model_inputs(batch, model_device(model))
+    with autocast(model, bf16):
+        loss = model(inputs, masks, batch["tokens"], tc.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
@@ -667,8 +714,9 @@ def train(
     tc, dc = cfg.train, cfg.data
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = training_device(tc.device, distributed)
     if distributed:
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     log: RunLog | None = None
     try:  # the logs and the process group are released however the run ends
         rank = dist.get_rank() if distributed else 0
@@ -678,14 +726,16 @@ def train(
         # ---- data, model and optimizer ---------------------------------------------------------
         data = setup_data(cfg, samples)
         vocab = data.vocab
-        model, optimizer, params = setup_model(cfg, len(vocab), init_from, init_partial, main)
+        model, optimizer, params = setup_model(
+            cfg, len(vocab), init_from, init_partial, main, device
+        )
         check_inputs(data, model)
         missing = unknown_tokens(data)
         if missing and main:
             shown = " ".join(sorted(missing, key=lambda t: -missing[t])[:10])
             print(f"{sum(missing.values())} training tokens are not in the vocabulary: {shown}")
         plateau = make_plateau(optimizer, tc)
-        bf16 = use_bf16(tc.bf16)
+        bf16 = use_bf16(tc.bf16, device)
         make_batches = batches_for(model)
         aug_kwargs: dict = {"ink_aug": InkAugment(swap_p=dc.ink_swap_p, reverse_p=dc.ink_reverse_p)}
         if make_batches is EpochBatches:
@@ -704,7 +754,10 @@ def train(
             if main:
                 print(f"resumed from {ckpt_path}: epoch {state['epoch']} batch {state['batch']}")
         log = RunLog(run_dir, state) if main else None
-        ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+        ddp = model
+        if distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
         def checkpoint(path: Path = ckpt_path) -> None:
             if main:
@@ -732,7 +785,7 @@ def train(
                 **aug_kwargs,
             )
             batches, n_batches = epoch_loader(
-                epoch_data, state["batch"], tc.num_workers, rng_to_restore
+                epoch_data, state["batch"], tc.num_workers, rng_to_restore, device.type == "cuda"
             )
             rng_to_restore = None
             bar = tqdm(
