@@ -297,7 +297,9 @@ def test_inkml_output_reads_back_with_its_segmentation(bank):
     assert normalize_tokens(back.truth) == samples[0].tokens
 
 
-def test_cli_writes_split_preview_and_inkml(tmp_path, monkeypatch):
+def _tiny_crohme(tmp_path, monkeypatch):
+    """A CROHME folder of one segmented training expression (and a cache folder): the data
+    folder and its training ink."""
     train = tmp_path / "crohme" / "TrainINKML"
     train.mkdir(parents=True)
     (train / "w1.inkml").write_text(_segmented_inkml())
@@ -307,6 +309,11 @@ def test_cli_writes_split_preview_and_inkml(tmp_path, monkeypatch):
     )
     (data / "train_caption.txt").write_text("w1\tx ^ { 2 } + 1 < u\nw2\tu + x\n")
     monkeypatch.setenv("HMER_CACHE", str(tmp_path / "cache"))
+    return data, train
+
+
+def test_cli_writes_split_preview_and_inkml(tmp_path, monkeypatch):
+    data, train = _tiny_crohme(tmp_path, monkeypatch)
     out = tmp_path / "out" / "s.pkl"
     code = main(
         [
@@ -335,16 +342,8 @@ def test_cli_writes_split_preview_and_inkml(tmp_path, monkeypatch):
 
 
 def test_cli_leaves_out_excluded_formulas(tmp_path, monkeypatch):
-    train = tmp_path / "crohme" / "TrainINKML"
-    train.mkdir(parents=True)
-    (train / "w1.inkml").write_text(_segmented_inkml())
-    data = tmp_path / "crohme"
-    (data / "dictionary.txt").write_text(
-        "".join(f"{t}\t{i}\n" for i, t in enumerate(_t("x 2 + 1 < u")))
-    )
-    (data / "train_caption.txt").write_text("w1\tx ^ { 2 } + 1 < u\nw2\tu + x\n")
+    data, train = _tiny_crohme(tmp_path, monkeypatch)
     (tmp_path / "test_caption.txt").write_text("t1\tu + x\n")
-    monkeypatch.setenv("HMER_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "s.pkl"
     args = ["synth", "--count", "6", "--out", str(out), "--source", "crohme"]
     args += ["--data-dir", str(data), "--train-inkml", str(train)]
