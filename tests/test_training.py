@@ -481,3 +481,15 @@ def test_gpu_script_steps_run_on_the_cpu_and_the_run_goes_on_after_join(tmp_path
     args = ["train", str(here / "config.json"), "--run-dir", str(here), "--resume"]
     assert main([*args, "--device", "cpu", "--epochs", "2"]) == 0
     assert torch.load(here / "last.pt", weights_only=False)["state"]["epoch"] == 2
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, samples, vocab):
+    from hmer.training.config import Config, ConfigError
+
+    cfg = tiny_config(epochs=3, val_every=2)
+    cfg["vocab"] = vocab.to_json()
+    train(cfg, tmp_path / "run", samples={"train": samples, "val": samples})
+    rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [2, 3]
+    with pytest.raises(ConfigError, match="train.val_every must be at least 1"):
+        Config.from_dict({**cfg, "train": {**cfg["train"], "val_every": 0}})

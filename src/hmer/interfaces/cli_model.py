@@ -211,6 +211,9 @@ training options (config [train] keys; set them with --set train.KEY=VALUE):
                                    goes on from that batch
   keep_epochs = N                  keep the last N end-of-epoch checkpoints as epoch-E.pt,
                                    to average with hmer export epoch-*.pt (0: none)
+  val_every = N                    validate every N epochs (1), and after the last one
+  device = "cpu" | "cuda"          where to train (also --device); bf16 = "auto" uses bf16
+                                   autocast where that device has it
 examples:
   hmer train configs/wap.toml --set train.optimizer=sgd --set train.lr=0.05 \\
       --set train.scheduler=plateau --set train.patience=6

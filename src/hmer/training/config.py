@@ -87,6 +87,10 @@ class TrainConfig:
     # Keep the end-of-epoch checkpoints of the last N epochs as epoch-E.pt, for weight averaging
     # (``hmer export epoch-*.pt``); 0: only last.pt and best.pt.
     keep_epochs: int = 0
+    # Epochs between validations (and so between best.pt selections, early-stopping counts and
+    # plateau steps); the last epoch and a spent budget always validate. More than 1 for runs of
+    # many short epochs (a GPU), where validation would take much of the time.
+    val_every: int = 1
     test_every: int = 2  # epochs between test-set evaluations (0: never)
     patience: int = 0  # stop after this many validations without gain (0: never)
     eval_max_len: int = 0  # most tokens a validation decode writes (0: 8 + twice the longest truth)
@@ -181,6 +185,7 @@ NON_NEGATIVE = {
     )
 }
 FACTORS = {("train", "plateau_factor")}
+POSITIVE = {("train", "val_every")}
 
 
 @dataclass
@@ -296,6 +301,8 @@ def _section(name: str, raw, kind: type | None = None):
             raise ConfigError(f"{where} is a probability (0 to 1), not {value!r}")
         if (name, key) in NON_NEGATIVE and value < 0:
             raise ConfigError(f"{where} must not be negative, not {value!r}")
+        if (name, key) in POSITIVE and value < 1:
+            raise ConfigError(f"{where} must be at least 1, not {value!r}")
         if (name, key) in FACTORS and not 0.0 < value < 1.0:
             raise ConfigError(f"{where} must be between 0 and 1 (exclusive), not {value!r}")
         if (name, key) == ("train", "device") and not re.fullmatch(r"cpu|cuda(:\d+)?", value):

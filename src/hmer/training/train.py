@@ -823,7 +823,8 @@ def train(
 
             # ---- evaluation, selection (rank 0) and the plateau schedule (every rank) ---------
             val_rate = None
-            if log is not None:  # rank 0
+            last = spent or state["epoch"] >= tc.epochs or state["seconds"] >= budget_s
+            if log is not None and (last or state["epoch"] % tc.val_every == 0):  # rank 0
                 cpu_h = state["seconds"] * world / 3600
                 val_rate = validate(model, data, state, tc, bf16, cpu_h, log, run_dir, checkpoint)
             if plateau is not None:
