@@ -12,7 +12,8 @@
 #       OUT: release.safetensors (fp16, best validation), eval-2014-greedy.json (that release on
 #       the CROHME 2014 test ink, rendered, greedy), log.csv, eval.csv, config.json, train.log,
 #       and last.pt in 15 MiB parts (what comes back from such machines is size-limited).
-#       Pass --set train.epochs=N sized to the budget, so that the cosine schedule ends with it.
+#       Pass --set train.epochs=N sized to the budget, so that the cosine schedule ends with it,
+#       and --set train.val_every=K so that validation does not take the time of many epochs.
 #   bash scripts/train-gpu.sh join OUT RUN_DIR
 #       here, after: puts last.pt and the logs into RUN_DIR; then
 #       hmer train RUN_DIR/config.json --run-dir RUN_DIR --resume --device cpu \
