@@ -4,7 +4,8 @@ One process trains on its own, on the CPU or a GPU (``train.device``); under ``t
 process takes its share of every epoch's batches and gradients are averaged by
 DistributedDataParallel (gloo on CPU, NCCL on GPUs).
 Checkpoints are written atomically every few minutes and at each epoch end; ``resume`` continues
-from the exact batch where the last checkpoint was taken, with optimizer, scheduler and RNG states.
+from the exact batch where the last checkpoint was taken, with optimizer, scheduler and RNG states
+(bit for bit on a CPU; GPU kernels and the GPU's dropout RNG are not reproduced).
 
 The optimizer is AdamW or SGD with momentum (``train.optimizer``); the learning rate warms up
 linearly, then follows a cosine decay or, with ``train.scheduler = "plateau"``, is cut whenever
