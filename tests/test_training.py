@@ -493,3 +493,15 @@ def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, samples, voc
     assert [int(r.split(",")[0]) for r in rows] == [2, 3]
     with pytest.raises(ConfigError, match="train.val_every must be at least 1"):
         Config.from_dict({**cfg, "train": {**cfg["train"], "val_every": 0}})
+
+
+def test_best_checkpoint_breaks_exprate_ties_by_wer():
+    from hmer.training.train import fresh_state, improves
+
+    state = fresh_state()
+    assert improves({"exprate": 0.0, "wer": 99.0}, state)
+    state.update(best=0.0, best_wer=99.0)
+    assert improves({"exprate": 0.0, "wer": 95.0}, state)  # nothing read whole yet, but closer
+    assert not improves({"exprate": 0.0, "wer": 99.5}, state)
+    assert improves({"exprate": 1.0, "wer": 99.9}, state)
+    assert not improves({"exprate": 0.0, "wer": 95.0}, {"best": 0.0})  # old checkpoints: no WER

@@ -653,7 +653,7 @@ def validate(
     checkpoint: Callable[[Path], None],
 ) -> float | None:
     """Rank 0 after an epoch: validate (and test every ``tc.test_every`` epochs) and keep the
-    best validation ExpRate as ``best.pt``, counting evaluations without gain for early
+    best validation (:func:`improves`) as ``best.pt``, counting evaluations without gain for early
     stopping; returns the validation ExpRate (None without a validation split)."""
     splits = [("val", data.val)]
     if data.test and tc.test_every and state["epoch"] % tc.test_every == 0:
@@ -668,12 +668,21 @@ def validate(
         (run_dir / f"pred-{split_name}.tsv").write_text("".join(f"{i}\t{p}\n" for i, p in rows))
         if split_name == "val":
             val_rate = metrics["exprate"]
-            if metrics["exprate"] > state["best"]:
-                state["best"], state["stale"] = metrics["exprate"], 0
+            if improves(metrics, state):
+                state["best"], state["best_wer"] = metrics["exprate"], metrics["wer"]
+                state["stale"] = 0
                 checkpoint(run_dir / "best.pt")
             else:
                 state["stale"] = state.get("stale", 0) + 1  # older checkpoints lack "stale"
     return val_rate
+
+
+def improves(metrics: dict, state: dict) -> bool:
+    """Whether a validation beats the run's best: a higher ExpRate, or the same with a lower WER
+    (which still ranks models that read no expression whole, early in training)."""
+    if metrics["exprate"] != state["best"]:
+        return metrics["exprate"] > state["best"]
+    return metrics["wer"] < state.get("best_wer", -math.inf)  # older checkpoints: as before
 
 
 def from_rank0(value: float | None, distributed: bool) -> float | None:
