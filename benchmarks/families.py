@@ -20,6 +20,9 @@ when its output exists, so an interrupted table goes on where it stopped:
 
 Releases stay in the run folder (``ROW/release.safetensors``); ``hmer recognize --model`` and
 ``hmer explain --model`` read them. Expect 60-90 minutes of one core per row plus its evaluation.
+The records of finished rows are kept in the repository as ``benchmarks/results/families/ROW/
+row.json`` (the README's table is ``table --dir benchmarks/results/families``); the releases are
+not (the row's command makes them again).
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ def parameter_count(release: Path) -> int:
 def table(out: Path) -> str:
     """The markdown table of every finished row under ``out``."""
     head = (
-        "| system | config | params | train samples/s | budget (epochs) | ExpRate | ≤1 | ≤2 "
+        "| system | config | params | train samples/s | budget (validations) | ExpRate | ≤1 | ≤2 "
         "| WER | CER | BLEU-4 | greedy ExpRate | greedy p50 ms | published 2014 |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
