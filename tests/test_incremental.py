@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from hmer.decoding.search import beam_search, greedy, grouped_beam_search
+from hmer.decoding.search import (
+    beam_search,
+    greedy,
+    grouped_beam_search,
+    rescore_both_ways,
+    searched_logprobs,
+    sequence_logprob,
+)
 from hmer.models import create_model
 
 TINY = {
@@ -144,3 +153,40 @@ def test_stopped_groups_leave_the_batch():
     assert rows[limits[0]] < 12 and rows[-1] == 3  # at the end: input 1's right to left
     # Inputs with unequal numbers of live groups read one memory row per group.
     assert any(m > 3 for m in memory_rows) and memory_rows[-1] == 1
+
+
+def test_rescoring_reuses_each_searchs_log_probabilities_and_decodes_the_rest():
+    # A search's total log-probability of a hypothesis it finished is what teacher forcing in
+    # that direction computes; rescoring decodes only the other direction's hypotheses.
+    model = _model(True)
+    with torch.no_grad():
+        mem = model.encode(torch.rand(1, 1, 48, 96), torch.zeros(1, 48, 96, dtype=torch.bool))
+        lists = grouped_beam_search(model, mem, ("l2r", "r2l"), beam=4, max_len=12)
+        for direction, hyps in zip(("l2r", "r2l"), lists, strict=True):
+            known = searched_logprobs(hyps)
+            assert known and all(h.complete for h in hyps if tuple(h.ids) in known)
+            forced = sequence_logprob(model, mem, [list(k) for k in known], direction)
+            assert forced == pytest.approx(list(known.values()), abs=1e-4)
+        decoded = []
+        forward = model.decode
+        model.decode = lambda m, tgt: decoded.append(len(tgt)) or forward(m, tgt)
+        reused = rescore_both_ways(model, mem, lists, beam=8)
+        del model.decode
+        unknown = [[replace(h, complete=False) for h in hyps] for hyps in lists]
+        full = rescore_both_ways(model, mem, unknown, beam=8)  # every one decoded both ways
+    distinct = {tuple(h.ids) for hyps in lists for h in hyps}
+    assert sum(decoded) == 2 * len(distinct) - sum(map(len, map(searched_logprobs, lists)))
+    assert [h.ids for h in reused] == [h.ids for h in full]
+    assert [h.score for h in reused] == pytest.approx([h.score for h in full], abs=1e-4)
+
+
+def test_hypotheses_stopped_at_the_length_limit_are_not_reused():
+    # Without the end token their search total is not the sequence's log-probability.
+    model = _model(True)
+    model.head.bias.data[2] = -1e4  # <eos> never: every left-to-right row runs to the limit
+    with torch.no_grad():
+        mem = model.encode(torch.rand(1, 1, 48, 96), torch.zeros(1, 48, 96, dtype=torch.bool))
+        (hyps,) = grouped_beam_search(model, mem, ("l2r",), beam=3, max_len=5)
+        (one,) = greedy(model, mem, 1, max_len=5)
+    assert hyps and not any(h.complete for h in hyps) and not one.complete
+    assert searched_logprobs([*hyps, one]) == {}

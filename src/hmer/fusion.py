@@ -198,7 +198,8 @@ class FusionRecognizer:
             return mem, search_lists(rec.model, mem, beam, limit, deadline)
 
         def rescore(role: str) -> np.ndarray:
-            return direction_scores(recs[role].model, found[role][0], ids, deadline=deadline)
+            mem, lists = found[role]
+            return direction_scores(recs[role].model, mem, ids, deadline=deadline, lists=lists)
 
         # Both locks, always in this order: a Recognizer shared with other callers holds its own.
         with recs["image"]._lock, recs["strokes"]._lock:

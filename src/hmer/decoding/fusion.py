@@ -3,7 +3,8 @@
 Each model searches on its own (beam search in every direction it was trained on, or greedy
 left to right); the hypotheses of all its lists are pooled with the other model's, duplicates
 dropped, and every distinct hypothesis is scored by both models' decoders, teacher-forced, in
-each trained direction. A model's score of a hypothesis is the mean over its directions of the
+each trained direction (a model's own search already gave the score of each hypothesis it
+finished in the direction it searched: that score is reused, not decoded again). A model's score of a hypothesis is the mean over its directions of the
 log-probability divided by (length + 1), which is exactly how
 :func:`hmer.decoding.search.bidirectional_beam_search` ranks its own hypotheses; the fused score
 is a weighted sum of the two models' scores (:class:`FusionParams`), and the confidences are a
@@ -23,6 +24,7 @@ from hmer.decoding.search import (
     check_deadline,
     greedy,
     grouped_beam_search,
+    searched_logprobs,
     sequence_logprob,
 )
 from hmer.models.base import Memory, Seq2SeqModel
@@ -52,15 +54,19 @@ def direction_scores(
     seqs: list[list[int]],
     length_penalty: float = 1.0,
     deadline: float | None = None,
+    lists: list[list[Hypothesis]] | None = None,
 ) -> np.ndarray:
     """(n, 2) teacher-forced log-probabilities of ``seqs`` (left-to-right ids) read left to right
     and right to left, each divided by (length + 1) ** ``length_penalty``; the right-to-left
-    column is NaN for a model trained in one direction only."""
+    column is NaN for a model trained in one direction only. ``lists``, the model's own
+    :func:`search_lists` for this input, give the values its searches already computed."""
     out = np.full((len(seqs), len(DIRECTIONS)), np.nan)
     norm = np.array([(len(s) + 1) ** length_penalty for s in seqs], dtype=np.float64)
+    searched = [searched_logprobs(hyps) for hyps in lists or []]
     for j, direction in enumerate(DIRECTIONS if model.bidirectional else DIRECTIONS[:1]):
         check_deadline(deadline)
-        out[:, j] = np.asarray(sequence_logprob(model, mem, seqs, direction)) / norm
+        known = searched[j] if j < len(searched) else None
+        out[:, j] = np.asarray(sequence_logprob(model, mem, seqs, direction, known)) / norm
     return out
 
 
@@ -163,7 +169,7 @@ class FusionParams:
         out = []
         for i in order:
             ids, s = list(cands.ids[i]), float(fused[i])
-            out.append(FusedHypothesis(ids, s * (len(ids) + 1), s, float(probs[i])))
+            out.append(FusedHypothesis(ids, s * (len(ids) + 1), s, probability=float(probs[i])))
         return out
 
     def to_json(self) -> str:

@@ -33,8 +33,9 @@ class Hypothesis:
     """A decoded token-id sequence (without start/end tokens) and its scores."""
 
     ids: list[int]
-    logprob: float  # total log-probability, end token included
+    logprob: float  # total log-probability, end token included when complete
     score: float  # ranking score (length-normalized, rescored when bidirectional)
+    complete: bool = True  # False: stopped at the length limit before the end token
 
     @property
     def confidence(self) -> float:
@@ -119,7 +120,7 @@ def greedy(
         ids = row[: row.index(end)] if end in row else [i for i in row if i != PAD]
         if direction == "r2l":
             ids = ids[::-1]
-        out.append(Hypothesis(ids, lp, lp / (len(ids) + 1)))
+        out.append(Hypothesis(ids, lp, lp / (len(ids) + 1), complete=end in row))
     return out
 
 
@@ -188,7 +189,7 @@ def grouped_beam_search(
             if s > float("-inf"):
                 row = prefixes[q * k_n + k, 1:].tolist()
                 ids = row[::-1] if group_dirs[groups[q]] == "r2l" else row
-                out.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty))
+                out.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty, False))
         return out
 
     def regroup(stay: list[int], rows: torch.Tensor) -> None:
@@ -271,14 +272,38 @@ def grouped_beam_search(
     return out
 
 
+def searched_logprobs(hyps: Sequence[Hypothesis]) -> dict[tuple[int, ...], float]:
+    """The total log-probabilities a search in one direction computed for its complete
+    hypotheses (those it did not stop at the length limit), by id sequence: what
+    :func:`sequence_logprob` in that direction would compute again (to float rounding)."""
+    return {tuple(h.ids): h.logprob for h in hyps if h.complete}
+
+
 @torch.no_grad()
 def sequence_logprob(
-    model: Seq2SeqModel, mem: Memory, hyps: list[list[int]], direction: str
+    model: Seq2SeqModel,
+    mem: Memory,
+    hyps: list[list[int]],
+    direction: str,
+    known: dict[tuple[int, ...], float] | None = None,
 ) -> list[float]:
     """Log-probability of each full token sequence (left-to-right ids) read in ``direction``.
 
-    ``mem`` is one input's (batch 1): every sequence reads that one memory row.
+    ``mem`` is one input's (batch 1): every sequence reads that one memory row. Sequences in
+    ``known`` (:func:`searched_logprobs` of a search in ``direction``) take its value and are
+    not decoded again: rescoring a beam's hypotheses then costs half.
     """
+    known = known or {}
+    todo = [k for k in dict.fromkeys(map(tuple, hyps)) if k not in known]
+    lps = _teacher_forced_logprob(model, mem, [list(k) for k in todo], direction)
+    decoded = dict(zip(todo, lps, strict=True))
+    return [known[k] if k in known else decoded[k] for k in map(tuple, hyps)]
+
+
+def _teacher_forced_logprob(
+    model: Seq2SeqModel, mem: Memory, hyps: list[list[int]], direction: str
+) -> list[float]:
+    """:func:`sequence_logprob` by one teacher-forced decode of all ``hyps``."""
     if not hyps:
         return []
     start, end = model.start_tokens(direction)
@@ -310,22 +335,25 @@ def bidirectional_beam_search(
     The final score is the mean of both directions' length-normalized log-probabilities.
     """
     both = grouped_beam_search(model, mem, ("l2r", "r2l"), beam, max_len, length_penalty, deadline)
-    return rescore_both_ways(model, mem, [h for hyps in both for h in hyps], beam, length_penalty)
+    return rescore_both_ways(model, mem, both, beam, length_penalty)
 
 
 @torch.no_grad()
 def rescore_both_ways(
     model: Seq2SeqModel,
     mem: Memory,
-    hyps: list[Hypothesis],
+    lists: Sequence[list[Hypothesis]],
     beam: int = 10,
     length_penalty: float = 1.0,
 ) -> list[Hypothesis]:
-    """ONE input's distinct hypotheses (``mem`` of batch 1), each scored by the mean of both
-    directions' length-normalized log-probabilities; the best ``beam``, best first."""
-    ids = list(dict.fromkeys(tuple(h.ids) for h in hyps))
-    l2r = sequence_logprob(model, mem, [list(k) for k in ids], "l2r")
-    r2l = sequence_logprob(model, mem, [list(k) for k in ids], "r2l")
+    """ONE input's distinct hypotheses (``mem`` of batch 1) from its left-to-right and
+    right-to-left searches (``lists``, in that order), each scored by the mean of both
+    directions' length-normalized log-probabilities; the best ``beam``, best first. A search's
+    own log-probabilities of its hypotheses are reused (:func:`searched_logprobs`)."""
+    ids = [list(k) for k in dict.fromkeys(tuple(h.ids) for hyps in lists for h in hyps)]
+    forward, backward = (searched_logprobs(hyps) for hyps in lists)
+    l2r = sequence_logprob(model, mem, ids, "l2r", forward)
+    r2l = sequence_logprob(model, mem, ids, "r2l", backward)
     out = []
     for seq, a, b in zip(ids, l2r, r2l, strict=True):
         norm = (len(seq) + 1) ** length_penalty
@@ -354,6 +382,5 @@ def beam_search_batch(
     out = []
     for i in range(len(groups) // 2):
         one = model.select(mem, torch.tensor([i], device=mem["memory"].device))
-        hyps = groups[2 * i] + groups[2 * i + 1]
-        out.append(rescore_both_ways(model, one, hyps, beam, length_penalty))
+        out.append(rescore_both_ways(model, one, groups[2 * i : 2 * i + 2], beam, length_penalty))
     return out
