@@ -4,7 +4,8 @@ Each model searches on its own (beam search in every direction it was trained on
 left to right); the hypotheses of all its lists are pooled with the other model's, duplicates
 dropped, and every distinct hypothesis is scored by both models' decoders, teacher-forced, in
 each trained direction (a model's own search already gave the score of each hypothesis it
-finished in the direction it searched: that score is reused, not decoded again). A model's score of a hypothesis is the mean over its directions of the
+finished in the direction it searched: that score is reused, not decoded again). A model's
+score of a hypothesis is the mean over its directions of the
 log-probability divided by (length + 1), which is exactly how
 :func:`hmer.decoding.search.bidirectional_beam_search` ranks its own hypotheses; the fused score
 is a weighted sum of the two models' scores (:class:`FusionParams`), and the confidences are a
