@@ -5,11 +5,11 @@ left to right); the hypotheses of all its lists are pooled with the other model'
 dropped, and every distinct hypothesis is scored by both models' decoders, teacher-forced, in
 each trained direction (a model's own search already gave the score of each hypothesis it
 finished in the direction it searched: that score is reused, not decoded again). A model's
-score of a hypothesis is the mean over its directions of the
-log-probability divided by (length + 1), which is exactly how
-:func:`hmer.decoding.search.bidirectional_beam_search` ranks its own hypotheses; the fused score
-is a weighted sum of the two models' scores (:class:`FusionParams`), and the confidences are a
-softmax of the fused scores over the pool at a fitted temperature.
+score of a hypothesis is the mean over its directions of the log-probability divided by
+(length + 1), which is exactly how :func:`hmer.decoding.search.bidirectional_beam_search` ranks
+its own hypotheses; the fused score is a weighted sum of the two models' scores
+(:class:`FusionParams`), and the confidences are a softmax of the fused scores over the pool at
+a fitted temperature.
 """
 
 from __future__ import annotations

@@ -189,7 +189,8 @@ def grouped_beam_search(
             if s > float("-inf"):
                 row = prefixes[q * k_n + k, 1:].tolist()
                 ids = row[::-1] if group_dirs[groups[q]] == "r2l" else row
-                out.append(Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty, False))
+                h = Hypothesis(ids, s, s / (len(ids) + 1) ** length_penalty, complete=False)
+                out.append(h)
         return out
 
     def regroup(stay: list[int], rows: torch.Tensor) -> None:
