@@ -5,14 +5,20 @@ Three steps, each reading the previous one's file:
     # 1. n-best lists of both models, pooled and rescored by both, cached (the slow step)
     python benchmarks/fusion.py collect --split val --limit 200 --beam 5 -o val-b5.json
     python benchmarks/fusion.py collect --split 2014 --limit 200 --beam 10 -o test-b10.json
-    # 2. the stroke weight and temperature, chosen on the VALIDATION cache only
+    # (or in parts side by side, one core each, then read together by fit and score)
+    python benchmarks/fusion.py collect --split 2014 --beam 10 --part 1/2 -o t1.json &
+    python benchmarks/fusion.py collect --split 2014 --beam 10 --part 2/2 -o t2.json
+    # 2. the stroke weight, pool depth and temperature, chosen on the VALIDATION cache only
     python benchmarks/fusion.py fit val-b5.json -o src/hmer/weights/fusion.json
     # 3. image alone, strokes alone and fusion on a cache, with calibration errors
     python benchmarks/fusion.py score test-b10.json --params src/hmer/weights/fusion.json
+    python benchmarks/fusion.py score t1.json t2.json
 
 "val" is the hold-out both models' training kept out (``split_holdout`` with the size and kind
 their release metadata record; the command refuses models that held out different ones);
 "2014" the CROHME 2014 test ink, never used to choose anything here. Scores are exact tokens.
+Caches hold the whole pool, with each hypothesis's place in its search lists, so that the fit
+can try every pool depth (``FusionParams.pool_depth``) without decoding again.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,6 +38,7 @@ from hmer.decoding.fusion import FusionParams
 from hmer.evaluation.fusion_fit import (
     collect,
     cross_validated_exprate,
+    fit_pool_depth,
     fit_strokes_weight,
     fit_temperature,
     load_cases,
@@ -77,6 +85,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     paths = rec.paths
     train, val = training_split(paths)
     samples = (val if args.split == "val" else load_cached(args.split).samples)[: args.limit]
+    part, parts = args.part
+    samples = samples[part - 1 :: parts]
     trained = {tuple(s.tokens) for s in train}
     t0 = time.perf_counter()
 
@@ -92,6 +102,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         "beam": args.beam,
         "threads": args.threads,
         "seconds": round(time.perf_counter() - t0, 1),
+        "part": f"{part}/{parts}",
         "seen_marked": True,  # each case says whether its formula is a training formula
         "vocab": rec.vocab.to_json(),
         **{role: {"file": paths[role].name, "sha256": sha256(paths[role])} for role in ROLES},
@@ -101,6 +112,36 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_caches(paths: list[str]) -> tuple[dict, list]:
+    """(meta, cases) of one cache or of the parts of one (``collect --part``): the same split,
+    beam and model files, each part once."""
+    meta, cases = load_cases(paths[0])
+    parts = {meta.get("part", "1/1")}
+    for path in paths[1:]:
+        more, extra = load_cases(path)
+        same = ("split", "beam", "image", "strokes", "seen_marked")
+        if any(more.get(k) != meta.get(k) for k in same) or more.get("part", "1/1") in parts:
+            raise SystemExit(f"{path}: not another part of the cache of {paths[0]}")
+        parts.add(more.get("part", "1/1"))
+        cases += extra
+        meta = {**meta, "expressions": meta["expressions"] + more["expressions"]}
+        meta["seconds"] = round(meta["seconds"] + more["seconds"], 1)
+    if len(paths) > 1:
+        meta["part"] = ",".join(sorted(parts))
+    return meta, cases
+
+
+def part_of(text: str) -> tuple[int, int]:
+    """``--part K/N``: the K-th of N interleaved shares of the expressions."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"{text!r}: K must be 1 to N")
+    return k, n
+
+
 def _vocab(meta: dict):
     from hmer.data.vocab import Vocab
 
@@ -108,17 +149,23 @@ def _vocab(meta: dict):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    meta, cases = load_cases(args.cache)
+    meta, cases = load_caches(args.cache)
     if meta["split"] != "val":
-        raise SystemExit(f"{args.cache} holds split {meta['split']!r}: fit on 'val' only")
+        raise SystemExit(f"{args.cache[0]} holds split {meta['split']!r}: fit on 'val' only")
     if args.formulas == "unseen" and not meta.get("seen_marked"):
-        raise SystemExit(f"{args.cache} does not mark training formulas: --formulas all")
+        raise SystemExit(f"{args.cache[0]} does not mark training formulas: --formulas all")
     vocab, beam = _vocab(meta), meta["beam"]
     chosen = [c for c in cases if not c.seen] if args.formulas == "unseen" else cases
     weight, table = fit_strokes_weight(chosen, vocab, beam)
     uncalibrated = FusionParams(weight, 1.0)
+    depth, depths = None, {}
+    if args.pool_depth:
+        if cases[0].cands.rank is None:
+            raise SystemExit(f"{args.cache[0]} does not record list places: collect it again")
+        depth, depths = fit_pool_depth(chosen, vocab, beam, uncalibrated)
+    uncalibrated.pool_depth = depth
     temperature = fit_temperature(chosen, uncalibrated, vocab, beam)
-    params = FusionParams(weight, temperature)
+    params = replace(uncalibrated, temperature=temperature)
 
     def exprates(subset: list) -> dict:
         return {
@@ -143,6 +190,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "fitted_on": len(chosen),
         "beam": beam,
         "exprate_by_strokes_weight": {f"{w:.2f}": round(r, 2) for w, r in table.items()},
+        "exprate_by_pool_depth": {str(d): round(r, 2) for d, r in depths.items()},
+        "pool_depth": "the smallest depth whose fused ExpRate equals the whole pool's",
         "val_exprate_fitted_on": exprates(chosen),
         "val_exprate_all": exprates(cases),
         "val_fusion_exprate_2fold": round(cross_validated_exprate(chosen, vocab, beam), 2),
@@ -151,9 +200,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "strokes": meta["strokes"],
         "commands": [
             f"python benchmarks/fusion.py collect --split val --limit {meta['expressions']} "
-            f"--beam {beam} --threads {meta['threads']} -o {Path(args.cache).name}",
-            f"python benchmarks/fusion.py fit {Path(args.cache).name} --formulas {args.formulas} "
-            f"-o {args.output or 'OUT'}",
+            f"--beam {beam} --threads {meta['threads']} -o {Path(args.cache[0]).name}",
+            f"python benchmarks/fusion.py fit {' '.join(Path(c).name for c in args.cache)} "
+            f"--formulas {args.formulas} "
+            f"{'' if args.pool_depth else '--whole-pool '}-o {args.output or 'OUT'}",
         ],
     }
     text = params.to_json()
@@ -166,7 +216,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    meta, cases = load_cases(args.cache)
+    meta, cases = load_caches(args.cache)
     params = load_params(args.params)
     vocab, beam = _vocab(meta), meta["beam"]
     for role in ROLES:
@@ -179,13 +229,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         "beam": beam,
         "strokes_weight": params.strokes_weight,
         "temperature": round(params.temperature, 4),
+        "pool_depth": params.pool_depth,
     }
     for route in ROUTES:
         m = route_metrics(cases, route, params, vocab, beam)
         report[route] = {k: round(m[k], 2) for k in ("exprate", "le1", "le2", "wer", "ece")}
     for single in ("image", "strokes"):
         report[f"fusion_vs_{single}"] = paired(cases, "fusion", single, params, vocab, beam)
-    t1 = FusionParams(params.strokes_weight, 1.0)
+    t1 = replace(params, temperature=1.0)
     report["fusion_ece_temperature_1"] = route_metrics(cases, "fusion", t1, vocab, beam)["ece"]
     if args.json:
         print(json.dumps(report, indent=2))
@@ -205,10 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--image-model", help="image model file (default: the shipped one)")
     c.add_argument("--stroke-model", help="stroke model file (default: the shipped one)")
     c.add_argument("--threads", type=int, default=1, help="torch threads")
+    c.add_argument(
+        "--part",
+        type=part_of,
+        default=(1, 1),
+        metavar="K/N",
+        help="only every N-th expression from the K-th (parts collected side by side; fit and "
+        "score take all the parts' files)",
+    )
     c.add_argument("-o", "--output", required=True, help="cache file (JSON)")
     c.set_defaults(func=cmd_collect)
     f = sub.add_parser("fit", help="choose weight and temperature on a validation cache")
-    f.add_argument("cache")
+    f.add_argument("cache", nargs="+", help="a cache, or the files of its parts")
     f.add_argument("-o", "--output", help="write the parameters here (e.g. weights/fusion.json)")
     f.add_argument(
         "--formulas",
@@ -217,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         help="fit on the validation expressions whose formula no training expression has "
         "(default: what new writing is like) or on all",
     )
+    f.add_argument(
+        "--whole-pool",
+        dest="pool_depth",
+        action="store_false",
+        help="pool every hypothesis of each search list (default: fit the pool depth)",
+    )
     f.set_defaults(func=cmd_fit)
     s = sub.add_parser("score", help="ExpRate and calibration of each route on a cache")
-    s.add_argument("cache")
+    s.add_argument("cache", nargs="+", help="a cache, or the files of its parts")
     s.add_argument("--params", help="fusion parameters (default: the shipped file)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)

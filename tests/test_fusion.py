@@ -7,6 +7,7 @@ import importlib.util
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from hmer.evaluation.fusion_fit import (
     Case,
     cross_validated_exprate,
     expected_calibration_error,
+    fit_pool_depth,
     fit_strokes_weight,
     fit_temperature,
     load_cases,
@@ -90,9 +92,29 @@ def test_pool_keeps_each_distinct_hypothesis_once_with_who_found_it():
         "image": [[h([4, 5]), h([6])], [h([6]), h([7, 8])]],  # l2r and r2l lists
         "strokes": [[h([7, 8]), h([9])], [h([4, 5])]],
     }
-    ids, found_by = pool(lists)
+    ids, found_by, rank = pool(lists)
     assert ids == [[4, 5], [6], [7, 8], [9]]
     assert found_by == [["image", "strokes"], ["image"], ["image", "strokes"], ["strokes"]]
+    assert rank == [0, 0, 0, 1]  # [7, 8] is second for the image model, first for strokes
+    # A pool of depth 1 holds each list's best only.
+    ids, found_by, rank = pool(lists, depth=1)
+    assert ids == [[4, 5], [6], [7, 8]] and rank == [0, 0, 0]
+    assert found_by == [["image", "strokes"], ["image"], ["strokes"]]
+
+
+def test_a_shallow_pool_is_the_whole_pool_cut_to_each_lists_best(fusion, monkeypatch):
+    traces = write(["x", "+", "1"])
+    whole = fusion.candidates(traces, beam=3)
+    assert whole.within(None) is whole and max(whole.rank) >= 1
+    monkeypatch.setattr(fusion, "params", replace(fusion.params, pool_depth=1))
+    shallow = fusion.candidates(traces, beam=3)
+    cut = whole.within(1)
+    assert shallow.ids == cut.ids and shallow.found_by == cut.found_by and shallow.rank == cut.rank
+    assert len(shallow.ids) < len(whole.ids)
+    for role in shallow.scores:  # a hypothesis scores the same in any pool
+        np.testing.assert_allclose(shallow.scores[role], cut.scores[role], atol=1e-5)
+    with pytest.raises(ValueError, match="pool_depth"):
+        FusionParams(pool_depth=0)
 
 
 @pytest.mark.parametrize("role", ["image", "strokes"])
@@ -549,10 +571,12 @@ def test_serve_ink_route_loads_the_stroke_model_it_needs(monkeypatch, releases, 
 
 
 # -- fitting and calibration on synthetic scores ----------------------------------------------
-def synthetic_cases(n: int, temperature: float, seed: int = 0, outside: float = 0.0) -> list[Case]:
+def synthetic_cases(
+    n: int, temperature: float, seed: int = 0, outside: float = 0.0, rank: list[int] | None = None
+) -> list[Case]:
     """Cases whose truth is drawn from the softmax of the fused scores at ``temperature`` (the
     temperature that calibrates them is known), or with probability ``outside`` is none of the
-    candidates."""
+    candidates; ``rank``: the candidates' places in their search lists."""
     rng = np.random.default_rng(seed)
     hyps = [["x"], ["1"], ["2"], ["x", "+", "1"], ["x", "=", "2"]]
     cases = []
@@ -563,7 +587,7 @@ def synthetic_cases(n: int, temperature: float, seed: int = 0, outside: float = 
         two = np.stack([s, s], 1)
         cands = Candidates(
             [VOCAB.encode(h) for h in hyps], [["image", "strokes"]] * len(hyps),
-            {"image": two, "strokes": two},
+            {"image": two, "strokes": two}, rank,
         )  # fmt: skip
         cases.append(Case(f"c{k}", truth, cands))
     return cases
@@ -625,8 +649,30 @@ def test_weight_fit_prefers_the_model_that_ranks_the_truth_first():
     assert cross_validated_exprate(opposite, VOCAB, 2) == 0.0
 
 
+def test_pool_depth_fit_takes_the_shallowest_pool_that_reads_as_many():
+    # "x" is second in its list (place 1), "1" first (place 0); the fused score prefers the
+    # truth, so a pool of depth 1 misses "x" where it is the truth, and depth 2 reads both.
+    cases = []
+    for k in range(4):
+        truth_second = k < 2
+        s = np.array([[-0.1] * 2, [-0.5] * 2])
+        s = s if truth_second else s[::-1].copy()
+        cands = Candidates(
+            [VOCAB.encode(["x"]), VOCAB.encode(["1"])], [["image", "strokes"]] * 2,
+            {"image": s, "strokes": s}, [1, 0],
+        )  # fmt: skip
+        cases.append(Case(f"c{k}", ["x"] if truth_second else ["1"], cands))
+    depth, table = fit_pool_depth(cases, VOCAB, 3, FusionParams(0.5))
+    assert table == {1: 50.0, 2: 100.0, 3: 100.0} and depth == 2
+    whole_only = [c for c in cases if c.truth == ["x"]]
+    assert fit_pool_depth(whole_only, VOCAB, 2, FusionParams(0.5))[0] is None
+    with pytest.raises(ValueError, match="places"):
+        synthetic_cases(1, 0.2)[0].cands.within(1)
+
+
 def test_cases_round_trip_through_the_cache_file(tmp_path):
     cases = synthetic_cases(3, 0.2)
+    cases[2].cands.rank = [0, 1, 0, 2, 1]
     cases[0].cands.scores["image"][:, 1] = np.nan  # a one-direction model
     cases[1].seen = True
     save_cases(tmp_path / "c.json", cases, {"split": "val"})
@@ -634,6 +680,7 @@ def test_cases_round_trip_through_the_cache_file(tmp_path):
     assert meta == {"split": "val"} and [c.id for c in back] == [c.id for c in cases]
     for a, b in zip(cases, back, strict=True):
         assert a.truth == b.truth and a.cands.ids == b.cands.ids and a.seen == b.seen
+        assert a.cands.rank == b.cands.rank
         for role in ("image", "strokes"):
             np.testing.assert_allclose(a.cands.scores[role], b.cands.scores[role], atol=1e-6)
 
@@ -659,9 +706,20 @@ def test_fusion_benchmark_fits_on_validation_only_and_scores(tmp_path, capsys):
     with pytest.raises(SystemExit, match="does not mark training formulas"):
         bench.main(["fit", str(tmp_path / "val.json")])
     save_cases(tmp_path / "val.json", cases, {**meta, "split": "val", "seen_marked": True})
+    with pytest.raises(SystemExit, match="does not record list places"):
+        bench.main(["fit", str(tmp_path / "val.json")])  # a cache of before pool depths
+    assert bench.main(["fit", str(tmp_path / "val.json"), "--whole-pool"]) == 0
+    assert '"pool_depth": null' in capsys.readouterr().out
+    cases = synthetic_cases(60, 0.15, rank=[0, 1, 2, 3, 4])
+    for c in cases[:10]:
+        c.seen = True
+    save_cases(tmp_path / "val.json", cases, {**meta, "split": "val", "seen_marked": True})
     out = tmp_path / "fusion.json"
     assert bench.main(["fit", str(tmp_path / "val.json"), "-o", str(out)]) == 0
     params = FusionParams.from_json(out.read_text())
+    depths = params.fitted["exprate_by_pool_depth"]
+    assert list(depths) == ["1", "2", "3", "4", "5"]
+    assert params.pool_depth is None or depths[str(params.pool_depth)] >= depths["5"]
     assert params.fitted["expressions"] == 60 and params.fitted["fitted_on"] == 50
     assert params.fitted["image"]["sha256"] == "image" * 8
     assert bench.main(["fit", str(tmp_path / "val.json"), "--formulas", "all"]) == 0
@@ -672,6 +730,18 @@ def test_fusion_benchmark_fits_on_validation_only_and_scores(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "2014" and set(report) >= {"image", "strokes", "fusion"}
     assert report["fusion"]["ece"] <= report["fusion_ece_temperature_1"]
+    # The same cache in two parts (collect --part 1/2, 2/2) scores the same.
+    for k, half in ((1, cases[0::2]), (2, cases[1::2])):
+        part = {**meta, "split": "2014", "expressions": 30, "seconds": 1.0, "part": f"{k}/2"}
+        save_cases(tmp_path / f"t{k}.json", half, part)
+    parts = [str(tmp_path / "t1.json"), str(tmp_path / "t2.json")]
+    assert bench.main(["score", *parts, "--params", str(out), "--json"]) == 0
+    joined = json.loads(capsys.readouterr().out)
+    assert joined["expressions"] == 60 and joined["fusion"] == report["fusion"]
+    with pytest.raises(SystemExit, match="not another part"):
+        bench.main(["score", parts[0], parts[0]])
+    with pytest.raises(SystemExit):
+        bench.main(["collect", "--part", "3/2", "-o", str(tmp_path / "x.json")])
 
 
 HAVE_CROHME = (default_data_dir() / "TrainINKML.tar.gz").exists()

@@ -6,8 +6,10 @@
 Both models decode the ink (the image model the render ``hmer recognize`` makes of it), their
 n-best lists are pooled and each hypothesis is rescored by both decoders in both directions
 (:mod:`hmer.decoding.fusion`); the weights and temperature come from ``weights/fusion.json``,
-fitted on the validation hold-out by ``benchmarks/fusion.py``. ``beam=1`` is the greedy mode
-for live recognition: one greedy hypothesis from each model, both rescored.
+fitted on the validation hold-out by ``benchmarks/fusion.py``, and so is the pool depth: how
+many of each search list's best hypotheses are pooled (rescoring costs more than searching).
+``beam=1`` is the greedy mode for live recognition: one greedy hypothesis from each model, both
+rescored.
 
 :func:`ink_recognizer` gives the reader of a route ("image", "strokes" or "fusion"), as
 ``hmer recognize --route`` uses it.
@@ -205,9 +207,10 @@ class FusionRecognizer:
         with recs["image"]._lock, recs["strokes"]._lock:
             each = self._each_role()
             found = each(search)
-            ids, found_by = pool({role: lists for role, (_, lists) in found.items()})
+            lists = {role: lists for role, (_, lists) in found.items()}
+            ids, found_by, rank = pool(lists, self.params.pool_depth)
             scores = each(rescore)
-        return Candidates(ids, found_by, scores)
+        return Candidates(ids, found_by, scores, rank)
 
     def _each_role(self) -> Callable[[Callable[[str], Any]], dict[str, Any]]:
         """How ``candidates`` runs a step for both roles: on :class:`RoleThreads` with their

@@ -85,6 +85,22 @@ class Candidates:
     ids: list[list[int]]
     found_by: list[list[str]]
     scores: dict[str, np.ndarray]  # model role ("image", "strokes") -> (n, 2)
+    rank: list[int] | None = None  # best place of each in the search lists that found it
+
+    def within(self, depth: int | None) -> Candidates:
+        """The candidates a pool of depth ``depth`` holds (see :func:`pool`): those among the
+        best ``depth`` of some search list (all for ``None``)."""
+        if depth is None:
+            return self
+        if self.rank is None:
+            raise ValueError("these candidates do not record their places in the search lists")
+        keep = [i for i, r in enumerate(self.rank) if r < depth]
+        return Candidates(
+            [self.ids[i] for i in keep],
+            [self.found_by[i] for i in keep],
+            {role: a[keep] for role, a in self.scores.items()},
+            [self.rank[i] for i in keep],
+        )
 
     def own(self, role: str, beam: int) -> list[Hypothesis]:
         """What ``role``'s model alone gives: its own hypotheses ranked by its own score, the
@@ -98,23 +114,30 @@ class Candidates:
         return Hypothesis(list(self.ids[i]), score * (len(self.ids[i]) + 1), score)
 
 
-def pool(lists: dict[str, list[list[Hypothesis]]]) -> tuple[list[list[int]], list[list[str]]]:
-    """Distinct id sequences over every model's lists, in first-seen order, with the roles of
-    the models whose search found each."""
+def pool(
+    lists: dict[str, list[list[Hypothesis]]], depth: int | None = None
+) -> tuple[list[list[int]], list[list[str]], list[int]]:
+    """Distinct id sequences over every model's lists (each list's best ``depth``, all for
+    ``None``), in first-seen order, with the roles of the models whose search found each and
+    its best place in those lists (0: the top of a list)."""
     index: dict[tuple[int, ...], int] = {}
     ids: list[list[int]] = []
     found_by: list[list[str]] = []
+    rank: list[int] = []
     for role, per_direction in lists.items():
         for hyps in per_direction:
-            for h in hyps:
+            for place, h in enumerate(hyps[:depth]):
                 key = tuple(h.ids)
                 if key not in index:
                     index[key] = len(ids)
                     ids.append(list(h.ids))
                     found_by.append([])
-                if role not in found_by[index[key]]:
-                    found_by[index[key]].append(role)
-    return ids, found_by
+                    rank.append(place)
+                i = index[key]
+                if role not in found_by[i]:
+                    found_by[i].append(role)
+                rank[i] = min(rank[i], place)
+    return ids, found_by, rank
 
 
 @dataclass
@@ -140,6 +163,10 @@ class FusionParams:
     """How two models' scores are combined: ``strokes_weight`` * stroke model score +
     (1 - ``strokes_weight``) * image model score, confidences a softmax at ``temperature``.
 
+    ``pool_depth`` pools only the best ``pool_depth`` hypotheses of each search list (all for
+    ``None``): rescoring every pooled hypothesis by both models costs more than the searches,
+    and the low places of a beam hardly ever win.
+
     ``default_for_ink`` makes fusion the reader of pen input when nothing else is asked
     (:func:`hmer.weights.ink_route`); ``fitted`` records how the numbers were chosen.
     """
@@ -148,8 +175,13 @@ class FusionParams:
     temperature: float = 1.0
     default_for_ink: bool = False
     fitted: dict = field(default_factory=dict)
+    pool_depth: int | None = None
 
     def __post_init__(self) -> None:
+        if self.pool_depth is not None and not (
+            isinstance(self.pool_depth, int) and self.pool_depth >= 1
+        ):
+            raise ValueError(f"pool_depth must be a positive integer, not {self.pool_depth}")
         if not 0.0 <= self.strokes_weight <= 1.0:
             raise ValueError(f"strokes_weight must be in [0, 1], not {self.strokes_weight}")
         if not self.temperature > 0:
@@ -179,7 +211,7 @@ class FusionParams:
     @classmethod
     def from_json(cls, text: str) -> FusionParams:
         raw = json.loads(text)
-        known = {"strokes_weight", "temperature", "default_for_ink", "fitted"}
+        known = {"strokes_weight", "temperature", "default_for_ink", "fitted", "pool_depth"}
         if not isinstance(raw, dict) or not set(raw) <= known:
             raise ValueError(f"fusion parameters must be an object with keys {sorted(known)}")
         return cls(**raw)

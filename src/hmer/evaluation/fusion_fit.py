@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ def save_cases(path: str | Path, cases: list[Case], meta: dict) -> None:
             "seen": c.seen,
             "ids": c.cands.ids,
             "found_by": c.cands.found_by,
+            "rank": c.cands.rank,
             "scores": {role: scores(a) for role, a in c.cands.scores.items()},
         }
         for c in cases
@@ -89,7 +90,12 @@ def load_cases(path: str | Path) -> tuple[dict, list[Case]]:
         Case(
             r["id"],
             r["truth"],
-            Candidates(r["ids"], r["found_by"], {k: scores(v) for k, v in r["scores"].items()}),
+            Candidates(
+                r["ids"],
+                r["found_by"],
+                {k: scores(v) for k, v in r["scores"].items()},
+                r.get("rank"),
+            ),
             r.get("seen", False),
         )
         for r in raw["cases"]
@@ -102,7 +108,7 @@ def route_hypotheses(case: Case, route: str, params: FusionParams, beam: int) ->
     if route not in ROUTES:
         raise ValueError(f"unknown route {route!r}")
     if route == "fusion":
-        return params.rank(case.cands, max(beam, 2))
+        return params.rank(case.cands.within(params.pool_depth), max(beam, 2))
     return case.cands.own(route, beam)
 
 
@@ -159,6 +165,20 @@ def fit_strokes_weight(
     top = max(table.values())
     best = [w for w, r in table.items() if r == top]
     return best[len(best) // 2], table
+
+
+def fit_pool_depth(
+    cases: list[Case], vocab: Vocab, beam: int, params: FusionParams
+) -> tuple[int | None, dict[int, float]]:
+    """The smallest pool depth (:attr:`FusionParams.pool_depth`) whose fused ExpRate on
+    ``cases`` equals the whole pool's (``None`` when no smaller one does), and the ExpRate of
+    every depth from 1 to ``beam``."""
+    table = {}
+    for depth in range(1, beam + 1):
+        at = replace(params, pool_depth=depth)
+        table[depth] = 100.0 * float(outcomes(cases, "fusion", at, vocab, beam).correct.mean())
+    whole = table[beam]
+    return next((d for d, r in table.items() if r >= whole and d < beam), None), table
 
 
 def cross_validated_exprate(
