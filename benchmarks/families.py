@@ -89,10 +89,10 @@ def run_step(cmd: list[str], log: Path, threads: int, output: Path | None = None
 
 
 def measured_rate(run_dir: Path) -> float:
-    """Samples/s of a calibration run past its first new-shape steps, from ``log.csv`` (whose
-    rates count from the epoch's start, with its hours of training)."""
+    """Samples/s of a calibration run from the end of its first new-shape steps on, from
+    ``log.csv`` (whose rates count from the epoch's start, with its hours of training)."""
     with (run_dir / "log.csv").open() as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) > SKIP_STEPS]
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) >= SKIP_STEPS]
     if len(rows) < 2:
         raise SystemExit(f"{run_dir}: too few steps to measure a rate")
     (t0, r0), (t1, r1) = [

@@ -92,3 +92,6 @@ def test_family_calibration_rate_leaves_out_the_first_steps(tmp_path):
         rows.append(f"{step},0,1.0,0.001,{seen / seconds},{seconds / 3600}")
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     assert load_benchmark("families").measured_rate(tmp_path) == pytest.approx(10.0)
+    # A slow family logs twice in its calibration (steps 20 and 40): enough to measure.
+    (tmp_path / "log.csv").write_text("\n".join(rows[:3]) + "\n")
+    assert load_benchmark("families").measured_rate(tmp_path) == pytest.approx(10.0)
