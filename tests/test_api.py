@@ -189,7 +189,9 @@ def test_page_assets_and_offline_docs(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/recognize"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json", "image/*"} <= set(body)
-    assert "strokes" in body["application/json"]["schema"]["properties"]
+    strokes = body["application/json"]["schema"]["properties"]["strokes"]
+    # The stroke format is documented: point order, optional time, coordinate units.
+    assert all(w in strokes["description"] for w in ("order", "[x, y, t]", "any unit"))
 
 
 def test_unknown_route_and_method_are_json(client):

@@ -95,11 +95,21 @@ class ApiError(Exception):
 
 
 # -- schemas (for validation of answers and for the OpenAPI docs) -------------------------------
+STROKES_HELP = (
+    "Pen strokes in the order they were written, each a list of [x, y] or [x, y, t] points in "
+    "the order the pen drew them (pen down at the first, up after the last). x grows to the "
+    "right and y downwards, in any unit (canvas pixels, tablet or InkML units): the ink is "
+    "scaled by its own symbol size, so only its shape counts. t (a timestamp) may be given "
+    "and is not used. Stroke and point order matter to the stroke model, which reads the "
+    "trajectory; the image model reads a render of it."
+)
+
+
 class StrokesRequest(BaseModel):
     """Pen strokes: each stroke a list of [x, y] or [x, y, t] points (y grows downwards)."""
 
     strokes: list[list[list[float]]] = Field(
-        ..., examples=[[[[0, 0], [10, 10]], [[10, 0], [0, 10]]]]
+        ..., description=STROKES_HELP, examples=[[[[0, 0], [10, 10]], [[10, 0], [0, 10]]]]
     )
     beam: int | None = Field(None, ge=1, description="beam width (default: the model's)")
     model: str | None = Field(None, description="model name from /v1/models (default: automatic)")
@@ -126,7 +136,7 @@ class SymbolRequest(BaseModel):
     """Pen strokes of one symbol, as for /v1/recognize, and how many candidates to return."""
 
     strokes: list[list[list[float]]] = Field(
-        ..., examples=[[[[0, 0], [10, 10]], [[10, 0], [0, 10]]]]
+        ..., description=STROKES_HELP, examples=[[[[0, 0], [10, 10]], [[10, 0], [0, 10]]]]
     )
     top: int | None = Field(None, ge=1, le=MAX_TOP, description="how many candidates (5)")
 
