@@ -160,7 +160,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     uncalibrated = FusionParams(weight, 1.0)
     depth, depths = None, {}
     if args.pool_depth:
-        if cases[0].cands.rank is None:
+        if cases[0].cands.place is None:
             raise SystemExit(f"{args.cache[0]} does not record list places: collect it again")
         depth, depths = fit_pool_depth(chosen, vocab, beam, uncalibrated)
     uncalibrated.pool_depth = depth

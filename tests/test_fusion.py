@@ -92,24 +92,25 @@ def test_pool_keeps_each_distinct_hypothesis_once_with_who_found_it():
         "image": [[h([4, 5]), h([6])], [h([6]), h([7, 8])]],  # l2r and r2l lists
         "strokes": [[h([7, 8]), h([9])], [h([4, 5])]],
     }
-    ids, found_by, rank = pool(lists)
+    ids, found_by, place = pool(lists)
     assert ids == [[4, 5], [6], [7, 8], [9]]
     assert found_by == [["image", "strokes"], ["image"], ["image", "strokes"], ["strokes"]]
-    assert rank == [0, 0, 0, 1]  # [7, 8] is second for the image model, first for strokes
+    assert place == [0, 0, 0, 1]  # [7, 8] is second for the image model, first for strokes
     # A pool of depth 1 holds each list's best only.
-    ids, found_by, rank = pool(lists, depth=1)
-    assert ids == [[4, 5], [6], [7, 8]] and rank == [0, 0, 0]
+    ids, found_by, place = pool(lists, depth=1)
+    assert ids == [[4, 5], [6], [7, 8]] and place == [0, 0, 0]
     assert found_by == [["image", "strokes"], ["image"], ["strokes"]]
 
 
 def test_a_shallow_pool_is_the_whole_pool_cut_to_each_lists_best(fusion, monkeypatch):
     traces = write(["x", "+", "1"])
     whole = fusion.candidates(traces, beam=3)
-    assert whole.within(None) is whole and max(whole.rank) >= 1
+    assert whole.within(None) is whole and max(whole.place) >= 1
     monkeypatch.setattr(fusion, "params", replace(fusion.params, pool_depth=1))
     shallow = fusion.candidates(traces, beam=3)
     cut = whole.within(1)
-    assert shallow.ids == cut.ids and shallow.found_by == cut.found_by and shallow.rank == cut.rank
+    assert shallow.ids == cut.ids and shallow.found_by == cut.found_by
+    assert shallow.place == cut.place
     assert len(shallow.ids) < len(whole.ids)
     for role in shallow.scores:  # a hypothesis scores the same in any pool
         np.testing.assert_allclose(shallow.scores[role], cut.scores[role], atol=1e-5)
@@ -572,11 +573,11 @@ def test_serve_ink_route_loads_the_stroke_model_it_needs(monkeypatch, releases, 
 
 # -- fitting and calibration on synthetic scores ----------------------------------------------
 def synthetic_cases(
-    n: int, temperature: float, seed: int = 0, outside: float = 0.0, rank: list[int] | None = None
+    n: int, temperature: float, seed: int = 0, outside: float = 0.0, place: list[int] | None = None
 ) -> list[Case]:
     """Cases whose truth is drawn from the softmax of the fused scores at ``temperature`` (the
     temperature that calibrates them is known), or with probability ``outside`` is none of the
-    candidates; ``rank``: the candidates' places in their search lists."""
+    candidates; ``place``: the candidates' places in their search lists."""
     rng = np.random.default_rng(seed)
     hyps = [["x"], ["1"], ["2"], ["x", "+", "1"], ["x", "=", "2"]]
     cases = []
@@ -587,7 +588,7 @@ def synthetic_cases(
         two = np.stack([s, s], 1)
         cands = Candidates(
             [VOCAB.encode(h) for h in hyps], [["image", "strokes"]] * len(hyps),
-            {"image": two, "strokes": two}, rank,
+            {"image": two, "strokes": two}, place,
         )  # fmt: skip
         cases.append(Case(f"c{k}", truth, cands))
     return cases
@@ -672,7 +673,7 @@ def test_pool_depth_fit_takes_the_shallowest_pool_that_reads_as_many():
 
 def test_cases_round_trip_through_the_cache_file(tmp_path):
     cases = synthetic_cases(3, 0.2)
-    cases[2].cands.rank = [0, 1, 0, 2, 1]
+    cases[2].cands.place = [0, 1, 0, 2, 1]
     cases[0].cands.scores["image"][:, 1] = np.nan  # a one-direction model
     cases[1].seen = True
     save_cases(tmp_path / "c.json", cases, {"split": "val"})
@@ -680,7 +681,7 @@ def test_cases_round_trip_through_the_cache_file(tmp_path):
     assert meta == {"split": "val"} and [c.id for c in back] == [c.id for c in cases]
     for a, b in zip(cases, back, strict=True):
         assert a.truth == b.truth and a.cands.ids == b.cands.ids and a.seen == b.seen
-        assert a.cands.rank == b.cands.rank
+        assert a.cands.place == b.cands.place
         for role in ("image", "strokes"):
             np.testing.assert_allclose(a.cands.scores[role], b.cands.scores[role], atol=1e-6)
 
@@ -710,7 +711,7 @@ def test_fusion_benchmark_fits_on_validation_only_and_scores(tmp_path, capsys):
         bench.main(["fit", str(tmp_path / "val.json")])  # a cache of before pool depths
     assert bench.main(["fit", str(tmp_path / "val.json"), "--whole-pool"]) == 0
     assert '"pool_depth": null' in capsys.readouterr().out
-    cases = synthetic_cases(60, 0.15, rank=[0, 1, 2, 3, 4])
+    cases = synthetic_cases(60, 0.15, place=[0, 1, 2, 3, 4])
     for c in cases[:10]:
         c.seen = True
     save_cases(tmp_path / "val.json", cases, {**meta, "split": "val", "seen_marked": True})

@@ -208,9 +208,9 @@ class FusionRecognizer:
             each = self._each_role()
             found = each(search)
             lists = {role: lists for role, (_, lists) in found.items()}
-            ids, found_by, rank = pool(lists, self.params.pool_depth)
+            ids, found_by, place = pool(lists, self.params.pool_depth)
             scores = each(rescore)
-        return Candidates(ids, found_by, scores, rank)
+        return Candidates(ids, found_by, scores, place)
 
     def _each_role(self) -> Callable[[Callable[[str], Any]], dict[str, Any]]:
         """How ``candidates`` runs a step for both roles: on :class:`RoleThreads` with their

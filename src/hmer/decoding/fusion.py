@@ -85,21 +85,21 @@ class Candidates:
     ids: list[list[int]]
     found_by: list[list[str]]
     scores: dict[str, np.ndarray]  # model role ("image", "strokes") -> (n, 2)
-    rank: list[int] | None = None  # best place of each in the search lists that found it
+    place: list[int] | None = None  # best place of each in the search lists that found it
 
     def within(self, depth: int | None) -> Candidates:
         """The candidates a pool of depth ``depth`` holds (see :func:`pool`): those among the
         best ``depth`` of some search list (all for ``None``)."""
         if depth is None:
             return self
-        if self.rank is None:
+        if self.place is None:
             raise ValueError("these candidates do not record their places in the search lists")
-        keep = [i for i, r in enumerate(self.rank) if r < depth]
+        keep = [i for i, r in enumerate(self.place) if r < depth]
         return Candidates(
             [self.ids[i] for i in keep],
             [self.found_by[i] for i in keep],
             {role: a[keep] for role, a in self.scores.items()},
-            [self.rank[i] for i in keep],
+            [self.place[i] for i in keep],
         )
 
     def own(self, role: str, beam: int) -> list[Hypothesis]:
@@ -123,21 +123,21 @@ def pool(
     index: dict[tuple[int, ...], int] = {}
     ids: list[list[int]] = []
     found_by: list[list[str]] = []
-    rank: list[int] = []
+    place: list[int] = []
     for role, per_direction in lists.items():
         for hyps in per_direction:
-            for place, h in enumerate(hyps[:depth]):
+            for k, h in enumerate(hyps[:depth]):
                 key = tuple(h.ids)
                 if key not in index:
                     index[key] = len(ids)
                     ids.append(list(h.ids))
                     found_by.append([])
-                    rank.append(place)
+                    place.append(k)
                 i = index[key]
                 if role not in found_by[i]:
                     found_by[i].append(role)
-                rank[i] = min(rank[i], place)
-    return ids, found_by, rank
+                place[i] = min(place[i], k)
+    return ids, found_by, place
 
 
 @dataclass

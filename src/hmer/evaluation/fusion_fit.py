@@ -70,7 +70,7 @@ def save_cases(path: str | Path, cases: list[Case], meta: dict) -> None:
             "seen": c.seen,
             "ids": c.cands.ids,
             "found_by": c.cands.found_by,
-            "rank": c.cands.rank,
+            "place": c.cands.place,
             "scores": {role: scores(a) for role, a in c.cands.scores.items()},
         }
         for c in cases
@@ -94,7 +94,7 @@ def load_cases(path: str | Path) -> tuple[dict, list[Case]]:
                 r["ids"],
                 r["found_by"],
                 {k: scores(v) for k, v in r["scores"].items()},
-                r.get("rank"),
+                r.get("place"),
             ),
             r.get("seen", False),
         )
