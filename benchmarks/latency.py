@@ -19,6 +19,7 @@ loaded machine wall time measures the load as much as the model.
     python benchmarks/latency.py --model DIR --batch 0     # an ONNX export (hmer export --onnx)
     python benchmarks/latency.py --int8                   # dynamic int8 linear layers
     python benchmarks/latency.py --route fusion --beams 1,10
+    python benchmarks/latency.py --route fusion --fusion-params other-fusion.json
     python benchmarks/latency.py --route fusion --limit 40 --compare-sequential
 """
 
@@ -34,7 +35,7 @@ import torch
 
 from hmer.data.dataset import load_cached
 from hmer.data.inkml import Ink
-from hmer.fusion import ink_recognizer
+from hmer.fusion import ink_recognizer, load_params
 from hmer.recognize import Recognizer
 from hmer.weights import ROUTES
 
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
         "or the stroke model of 'strokes')",
     )
     p.add_argument("--stroke-model", help="stroke model of --route strokes/fusion")
+    p.add_argument(
+        "--fusion-params", help="--route fusion: a fusion.json (default: the shipped one)"
+    )
     p.add_argument("--limit", type=int, default=200, help="test expressions (the first N)")
     p.add_argument("--beams", default="1,10", help="beam widths, comma-separated (1 = greedy)")
     p.add_argument("--batch", type=int, default=16, help="batch size for throughput (0 = skip)")
@@ -147,6 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.int8:
             p.error("--int8 applies to one model; leave out --route")
         rec = ink_recognizer(args.route, args.model, args.stroke_model)
+        if args.fusion_params:
+            if args.route != "fusion":
+                p.error("--fusion-params applies to --route fusion")
+            rec.params = load_params(args.fusion_params)
     else:
         rec = Recognizer.load(args.model)
     if args.int8:
@@ -159,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["load_avg_1min_before"] = round(os.getloadavg()[0], 2)  # other work on the machine
     if args.route:
         report["route"] = args.route
+    if args.route == "fusion":
+        report["pool_depth"] = rec.params.pool_depth
     for beam in (int(b) for b in args.beams.split(",")):
         if args.compare_sequential:
             report |= comparison(paired(rec, inks, beam), beam)
