@@ -178,6 +178,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     params.fitted = {
         "how": "stroke weight: highest fused ExpRate over the grid (middle of ties); "
+        "pool depth: the smallest whose fused ExpRate equals the whole pool's; "
         "temperature: least log loss of the answer's confidence against its exactness",
         "split": "val: the random hold-out of the training set both models kept out",
         "formulas": (
@@ -191,7 +192,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "beam": beam,
         "exprate_by_strokes_weight": {f"{w:.2f}": round(r, 2) for w, r in table.items()},
         "exprate_by_pool_depth": {str(d): round(r, 2) for d, r in depths.items()},
-        "pool_depth": "the smallest depth whose fused ExpRate equals the whole pool's",
         "val_exprate_fitted_on": exprates(chosen),
         "val_exprate_all": exprates(cases),
         "val_fusion_exprate_2fold": round(cross_validated_exprate(chosen, vocab, beam), 2),

@@ -40,10 +40,10 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     [
         ([EXAMPLES / "example.png"], "H = - B + V", "comer-small", 0.7728),
         ([EXAMPLES / "example.inkml", "--route", "image"], "H = - B + V", "comer-small", 0.8522),
-        ([EXAMPLES / "example.inkml"], "H = - B + V", "comer-small+strokes", 0.9292),  # fusion
+        ([EXAMPLES / "example.inkml"], "H = - B + V", "comer-small+strokes", 0.8984),  # fusion
         (
             [EXAMPLES / "example.inkml", "--model", WEIGHTS_DIR / "strokes.safetensors"],
-            "H = B ^ { - 1 } V",
+            "H = - B ^ { - 1 } V",
             "strokes",
             None,
         ),
