@@ -141,6 +141,23 @@ def test_ink_order_noise_swaps_and_reverses_strokes():
     assert key == sorted(tuple(np.sort(t, axis=0).ravel()) for t in traces)
 
 
+def test_ink_point_drop_keeps_each_strokes_ends():
+    line = np.stack([np.arange(50), np.zeros(50)], 1).astype(np.float32)
+    dot = np.array([[3, 3]], np.float32)
+    plain = InkAugment(
+        rotate_deg=0, shear=0, aspect=0, stroke_shift=0, stroke_scale=0, point_noise=0
+    )
+    sparse = InkAugment(**{**plain.__dict__, "drop_p": 0.5})
+    out = sparse([line, dot], np.random.default_rng(0))
+    assert 5 < len(out[0]) < 45 and np.allclose(out[0][[0, -1]], line[[0, -1]])
+    assert np.allclose(out[1], dot)  # nothing inside to drop
+    # Off (the default), it draws nothing: seeded augmentation is what it was.
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    InkAugment()([line], rng_a)
+    InkAugment(drop_p=0.0)([line], rng_b)
+    assert rng_a.random() == rng_b.random()
+
+
 def test_photometric_training_augmentation_keeps_buckets(samples, vocab):
     from hmer.data.batching import BucketSpec, EpochBatches
 

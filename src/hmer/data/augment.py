@@ -23,6 +23,7 @@ class InkAugment:
     # Writing-order noise, for models that read the trajectory (a bitmap does not show either):
     swap_p: float = 0.0  # chance that each pair of neighbouring strokes is written the other way
     reverse_p: float = 0.0  # chance that a stroke is drawn end to start
+    drop_p: float = 0.0  # chance that each inner pen point is dropped (a sparser tablet)
 
     def __call__(self, traces: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
         size = ink_symbol_size(traces)
@@ -41,6 +42,10 @@ class InkAugment:
             p = (p - c) * k + c + rng.normal(0, self.stroke_shift * size, 2).astype(np.float32)
             if self.point_noise > 0 and len(p) > 2:
                 p = p + rng.normal(0, self.point_noise * size, p.shape).astype(np.float32)
+            if self.drop_p > 0 and len(p) > 2:  # no draw at 0: seeded streams stay as they were
+                keep = rng.random(len(p)) >= self.drop_p
+                keep[[0, -1]] = True  # a stroke keeps its ends, so its extent
+                p = p[keep]
             out.append(p @ mat.T)
         return out
 

@@ -49,6 +49,7 @@ class DataConfig:
     photo_p: float = 0.0  # share of image renders that also get photometric changes
     ink_swap_p: float = 0.0  # chance that neighbouring strokes swap order (stroke models)
     ink_reverse_p: float = 0.0  # chance that a stroke is drawn end to start (stroke models)
+    ink_drop_p: float = 0.0  # chance that each inner pen point is dropped
 
 
 @dataclass
@@ -167,6 +168,7 @@ PROBABILITIES = {
     ("data", "photo_p"),
     ("data", "ink_swap_p"),
     ("data", "ink_reverse_p"),
+    ("data", "ink_drop_p"),
     ("train", "momentum"),
     ("symbols", "dropout"),
     ("gan", "beta1"),

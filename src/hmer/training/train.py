@@ -747,7 +747,8 @@ def train(
         plateau = make_plateau(optimizer, tc)
         bf16 = use_bf16(tc.bf16, device)
         make_batches = batches_for(model)
-        aug_kwargs: dict = {"ink_aug": InkAugment(swap_p=dc.ink_swap_p, reverse_p=dc.ink_reverse_p)}
+        ink_aug = InkAugment(swap_p=dc.ink_swap_p, reverse_p=dc.ink_reverse_p, drop_p=dc.ink_drop_p)
+        aug_kwargs: dict = {"ink_aug": ink_aug}
         if make_batches is EpochBatches:
             aug_kwargs["photo_p"] = dc.photo_p
         seed = tc.seed
