@@ -163,7 +163,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if cases[0].cands.place is None:
             raise SystemExit(f"{args.cache[0]} does not record list places: collect it again")
         depth, depths = fit_pool_depth(chosen, vocab, beam, uncalibrated)
-    uncalibrated.pool_depth = depth
+    uncalibrated = replace(uncalibrated, pool_depth=depth)
     temperature = fit_temperature(chosen, uncalibrated, vocab, beam)
     params = replace(uncalibrated, temperature=temperature)
 

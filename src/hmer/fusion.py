@@ -207,8 +207,8 @@ class FusionRecognizer:
         with recs["image"]._lock, recs["strokes"]._lock:
             each = self._each_role()
             found = each(search)
-            lists = {role: lists for role, (_, lists) in found.items()}
-            ids, found_by, place = pool(lists, self.params.pool_depth)
+            searched = {role: lists for role, (_, lists) in found.items()}
+            ids, found_by, place = pool(searched, self.params.pool_depth)
             scores = each(rescore)
         return Candidates(ids, found_by, scores, place)
 
