@@ -7,6 +7,8 @@ is the made-up ink of conftest.py.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import pickle
 import signal
@@ -22,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.nn.utils import parametrize
 
 from hmer.cli import main
-from hmer.data.dataset import read_image_captions, write_tsv
+from hmer.data.dataset import default_data_dir, read_image_captions, write_tsv
 from hmer.models.gan import (
     HANDWRITTEN,
     PRINTED,
@@ -36,6 +38,7 @@ from hmer.training.config import ConfigError, gan_config, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "gan" / "tiny.toml"
+HAVE_CROHME = (default_data_dir() / "TrainINKML.tar.gz").exists()
 CAPTIONS = [["x", "+", "1"], ["1", "-", "x"], ["2", "+", "x"], ["x", "-", "2"]]
 
 
@@ -75,6 +78,20 @@ def test_shapes_range_and_attention_switch(attention):
     assert (g.attention is not None) == attention and (d.attention is not None) == attention
     with pytest.raises(ValueError, match="multiples of 16"):
         g(torch.rand(2, 1, 30, 64), torch.randn(2, 8), torch.tensor([0, 1]))
+
+
+def test_input_skip_starts_as_the_identity_and_learns_a_residual():
+    torch.manual_seed(0)
+    x = (torch.rand(2, 1, 32, 64) > 0.8).float()  # binary ink, as printed renders mostly are
+    z, dom = torch.randn(2, 8), torch.tensor([HANDWRITTEN, HANDWRITTEN])
+    g = Generator(channels=4, z_dim=8, embed_dim=8, input_skip=True)
+    out = g(x, z, dom)
+    assert torch.allclose(out, x.clamp(0.02, 0.98), atol=1e-5)  # the input, at init
+    out.mean().backward()
+    assert g.input_gain.grad is not None and g.input_gain.grad.abs() > 0  # the residual learns
+    plain = Generator(channels=4, z_dim=8, embed_dim=8)  # the default: older checkpoints
+    assert plain.input_gain is None
+    assert (plain(x, z, dom) - x).abs().mean() > 0.3  # sigmoid around 0.5, far from the input
 
 
 def test_every_weight_layer_is_spectrally_normalized():
@@ -264,3 +281,47 @@ def test_bad_input_gives_a_clear_error(tmp_path, domains, capsys):
     assert "gan.printed is not set" in capsys.readouterr().err
     assert main(["gan", "train", str(TINY), "--set", "printed=/no/such.tsv"]) == 1
     assert "/no/such.tsv" in capsys.readouterr().err
+
+
+RECOGNIZER = """[model]
+name = "seq2seq"
+encoder_cfg = { widths = [8, 16, 16, 16], dropout = 0.0 }
+ann_dim = 32
+embed_dim = 32
+hidden = 32
+attn_dim = 32
+dropout = 0.0
+[data]
+pixels_per_batch = 40000
+[train]
+lr = 3e-3
+warmup_steps = 1
+bf16 = false
+num_workers = 0
+"""
+
+
+@pytest.mark.skipif(not HAVE_CROHME, reason="the recognizer is scored on CROHME 2014")
+def test_gan_eval_ablation_row_trains_generates_and_scores(tmp_path, domains, capsys):
+    spec = importlib.util.spec_from_file_location("gan_eval", ROOT / "benchmarks" / "gan_eval.py")
+    gan_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gan_eval)
+    rec = tmp_path / "rec.toml"
+    rec.write_text(RECOGNIZER)
+    printed = domains[0].split("=", 1)[1]
+    out = tmp_path / "eval"
+    args = ["ablate", "no-task", "--printed", printed, "--gan-config", str(TINY)]
+    args += ["--gan-set", domains[1], "--gan-minutes", "1", "--count", "4"]
+    args += ["--recognizer", str(rec), "--minutes", "0.1", "--limit", "2", "--dir", str(out)]
+    gan_eval.main(args)
+    row = out / "ablate" / "no-task"
+    assert (row / "data" / "captions.tsv").exists() and (row / "samples.png").exists()
+    record = json.loads((row / "row.json").read_text())
+    assert record["beam1"]["n"] == 2 and record["beam1"]["perplexity"] > 1.0
+    assert json.loads((row / "gan" / "config.json").read_text())["lambda_task"] == 0  # variant
+    (line,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| no-task |")]
+    assert line.split("|")[3].strip() == "4"  # images
+    steps = (row / "steps.log").read_text()
+    gan_eval.main(args)  # every step done: the trainings resume at their end, nothing else runs
+    new = (row / "steps.log").read_text()[len(steps) :].splitlines()
+    assert len(new) == 4 and all(r.startswith(("resumed from", "done:")) for r in new), new

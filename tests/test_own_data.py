@@ -94,9 +94,11 @@ def test_own_images_and_vocabulary_train_export_and_recognize(capsys, tmp_path):
     assert body["latex"] == r"\text{if~}x>0"
     assert body["tokens"] == [r"\text", "{", "i", "f", "~", "}", "x", ">", "0"]
 
-    code, out, _ = run(capsys, "evaluate", "--model", release, "--split", tsv, "--json")
+    args = ["--model", release, "--split", tsv, "--json", "--perplexity"]
+    code, out, _ = run(capsys, "evaluate", *args)
     metrics = json.loads(out)
     assert code == 0 and metrics["n"] == 5 and metrics["exprate"] >= 80.0  # (it trained on them)
+    assert 1.0 <= metrics["perplexity"] < 1.5, metrics["perplexity"]  # sure of the truth
     code, out, _ = run(capsys, "evaluate", "--model", release, "--split", tsv, "--max-len", "2")
     assert code == 0  # two tokens are too few for any of the captions
     assert "exprate  0.00" in out

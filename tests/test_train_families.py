@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -64,3 +66,37 @@ def test_evaluate_reads_the_models_input_kind(samples, vocab):
     with torch.no_grad():
         metrics, rows = evaluate(image_model, samples, vocab, BucketSpec(), bf16=True)
     assert len(rows) == len(samples)
+
+
+class PerTokenLoss(torch.nn.Module):
+    """A stand-in seq2seq model whose every token of expression i costs len(tokens_i) nats."""
+
+    kind, input_kind = "seq2seq", "image"
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs, masks, tokens, label_smoothing=0.0):
+        weights = [len(t) + 1 for t in tokens]
+        return torch.tensor(sum(w * (w - 1) for w in weights) / sum(weights))
+
+
+def test_perplexity_weights_every_target_token_equally(vocab):
+    from inks import write
+
+    from hmer.data.dataset import Sample
+    from hmer.training.train import perplexity
+
+    exprs = [["x"], ["x", "+", "1"], ["1", "-", "x", "+", "2", "+", "x"], ["2"]]
+    samples = [Sample(f"t{i}", write(t), t) for i, t in enumerate(exprs)]
+    spec = BucketSpec(max_batch=2, min_batch=1)
+    assert len(batches_for(PerTokenLoss())(samples, vocab, spec, 0, 0, shuffle=False)) >= 2
+    toks = [len(s.tokens) for s in samples]
+    want = sum((n + 1) * n for n in toks) / sum(n + 1 for n in toks)
+    assert perplexity(PerTokenLoss(), samples, vocab, spec) == pytest.approx(math.exp(want))
+    crnn = create_model(
+        "crnn", len(vocab), **{k: v for k, v in MODELS["crnn"].items() if k != "name"}
+    )
+    with pytest.raises(TypeError, match="seq2seq"):
+        perplexity(crnn, samples, vocab, spec)

@@ -138,6 +138,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="none",
         help="scoring convention, as in hmer score (default: exact tokens)",
     )
+    p.add_argument(
+        "--perplexity",
+        action="store_true",
+        help="also the perplexity of the truth, teacher forced (seq2seq models; the measure of "
+        "the GAN paper's recognizer-on-generated-data evaluation)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -468,8 +474,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hmer.training.train import load_samples
     from hmer.weights import WeightsError, load_any
 
-    if args.route and args.int8:
-        _err("--int8 applies to one model; leave out --route")
+    if args.route and (args.int8 or args.perplexity):
+        _err("--int8 and --perplexity apply to one model; leave out --route")
         return 2
     if min(args.beam, 1 if args.max_len is None else args.max_len) < 1:
         _err("--beam and --max-len must be at least 1")
@@ -485,6 +491,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (WeightsError, ValueError) as exc:
         _err(str(exc))
         return 1
+    if args.perplexity and model.kind != "seq2seq":
+        _err(f"--perplexity needs a seq2seq model; {name} is {model.kind}")
+        return 2
     if not args.route:
         if args.int8:
             from hmer.models.quantize import quantize_int8
@@ -500,6 +509,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _err(f"split {args.split}: {exc}")
         return 1
     metrics = dict(result.metrics)
+    if args.perplexity:
+        from hmer.data.batching import BucketSpec
+        from hmer.training.train import perplexity
+
+        metrics["perplexity"] = perplexity(model, samples, vocab, BucketSpec())
     metrics["model"], metrics["split"], metrics["beam"] = name, args.split, args.beam
     metrics["latency_ms_p50"] = result.latency_ms(50)  # rendering included, as users wait for it
     if args.out:

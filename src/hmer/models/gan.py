@@ -24,6 +24,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 GENERATOR = "gan-generator"
 DOMAINS = ("printed", "handwritten")
 PRINTED, HANDWRITTEN = 0, 1
+INPUT_EPS = 0.02  # input_skip: pure black/white input maps to logits of about -+3.9, not inf
 BLOCKS = 4  # down- and upsampling blocks: image sides must be multiples of 2**BLOCKS
 
 
@@ -113,6 +114,10 @@ class Generator(nn.Module):
     directly and the blocks only change how strokes look. Self-attention (``self_attention``)
     sits after the first decoder block, at 1/8 resolution, where it is cheap and lets distant
     parts of a formula agree on one writing style. H and W must be multiples of 16.
+
+    With ``input_skip`` the output is ``sigmoid(logit(input) + gain * residual)`` with ``gain``
+    starting at 0, so the generator starts as the identity: a CPU-sized run need not spend its
+    first thousand steps learning to copy a black background and can spend them on the style.
     """
 
     def __init__(
@@ -121,10 +126,13 @@ class Generator(nn.Module):
         z_dim: int = 32,
         embed_dim: int = 32,
         self_attention: bool = True,
+        input_skip: bool = False,
         num_domains: int = len(DOMAINS),
     ):
         super().__init__()
         self.z_dim = z_dim
+        # False for generators trained before the option (their checkpoints do not name it).
+        self.input_gain = nn.Parameter(torch.zeros(1)) if input_skip else None
         self.domain = nn.Embedding(num_domains, embed_dim)
         cond_dim = z_dim + embed_dim
         ch = widths(channels)
@@ -151,7 +159,10 @@ class Generator(nn.Module):
             if k == 0 and self.attention is not None:
                 y = self.attention(y)
             y = y + feats.pop()
-        return torch.sigmoid(self.out(F.relu(self.out_bn(y, cond))))
+        residual = self.out(F.relu(self.out_bn(y, cond)))
+        if self.input_gain is None:
+            return torch.sigmoid(residual)
+        return torch.sigmoid(torch.logit(x, eps=INPUT_EPS) + self.input_gain * residual)
 
 
 class DBlock(nn.Module):
@@ -219,12 +230,7 @@ def build_generator(config: dict) -> Generator:
     return Generator(**kwargs)
 
 
-def generator_config(channels: int, z_dim: int, embed_dim: int, self_attention: bool) -> dict:
-    """The plain-data description a checkpoint keeps to rebuild its generator."""
-    return {
-        "name": GENERATOR,
-        "channels": channels,
-        "z_dim": z_dim,
-        "embed_dim": embed_dim,
-        "self_attention": self_attention,
-    }
+def generator_config(**kwargs: object) -> dict:
+    """The plain-data description a checkpoint keeps to rebuild its generator: the
+    :class:`Generator` keyword arguments, named."""
+    return {"name": GENERATOR, **kwargs}

@@ -142,6 +142,7 @@ class GanConfig:
     z_dim: int = 32
     embed_dim: int = 32  # domain embedding of the generator's conditional batch norms
     self_attention: bool = True  # one self-attention layer in each network (the ablation)
+    input_skip: bool = True  # the generator starts as the identity (models/gan.py Generator)
     lambda_task: float = 1.0  # weight of the recognizer's loss on generated images (0: off)
     # The frozen recognizer of the task loss: a release or checkpoint ("": the shipped default).
     task_model: str = ""

@@ -183,16 +183,27 @@ class TaskLoss:
 
 
 # -- the loop -------------------------------------------------------------------------------------
+def generator_kwargs(cfg: GanConfig) -> dict:
+    """The :class:`Generator` arguments ``cfg`` sets."""
+    return {
+        "channels": cfg.channels,
+        "z_dim": cfg.z_dim,
+        "embed_dim": cfg.embed_dim,
+        "self_attention": cfg.self_attention,
+        "input_skip": cfg.input_skip,
+    }
+
+
 def build_networks(cfg: GanConfig) -> tuple[Generator, Discriminator]:
     """Freshly initialized networks of ``cfg`` (seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
-    g = Generator(cfg.channels, cfg.z_dim, cfg.embed_dim, cfg.self_attention)
+    g = Generator(**generator_kwargs(cfg))
     d = Discriminator(cfg.channels, cfg.self_attention)
     return g, d
 
 
 def _checkpoint(path: Path, g, d, opt_g, opt_d, state: dict, cfg: GanConfig) -> None:
-    model = generator_config(cfg.channels, cfg.z_dim, cfg.embed_dim, cfg.self_attention)
+    model = generator_config(**generator_kwargs(cfg))
     save_checkpoint(
         path,
         {
@@ -212,7 +223,7 @@ def _restore(path: Path, g, d, opt_g, opt_d, cfg: GanConfig) -> dict:
 
     ckpt = load_checkpoint(path)
     was = ckpt["config"].get("gan", {})
-    for key in ("channels", "z_dim", "embed_dim", "self_attention", "batch_size", "seed"):
+    for key in (*generator_kwargs(cfg), "batch_size", "seed"):
         if was.get(key) != getattr(cfg, key):
             raise SetupError(
                 f"{path} was trained with gan.{key} = {was.get(key)!r}, the config says "

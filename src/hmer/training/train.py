@@ -286,24 +286,49 @@ def evaluate(
 
 
 @torch.no_grad()
-def validation_loss(
-    model, samples: list[Sample], vocab: Vocab, spec: BucketSpec, tc: TrainConfig, bf16: bool
-) -> float:
-    """The training loss (teacher forced, ``tc.label_smoothing`` included, so that it compares
-    with log.csv's) on ``samples`` without augmentation or dropout, batch means weighted by
-    batch size."""
+def teacher_forced_losses(
+    model,
+    samples: list[Sample],
+    vocab: Vocab,
+    spec: BucketSpec,
+    label_smoothing: float,
+    bf16: bool,
+    seed: int = 0,
+) -> list[tuple[float, int, int]]:
+    """(mean loss, expressions, target tokens) of each batch of ``samples``, teacher forced,
+    without augmentation or dropout (the model is left in training mode)."""
     model.eval()
-    batches = batches_for(model)(samples, vocab, spec, 0, tc.seed, augment=False, shuffle=False)
-    total = 0.0
+    batches = batches_for(model)(samples, vocab, spec, 0, seed, augment=False, shuffle=False)
     device = model_device(model)
+    out = []
     for k in range(len(batches)):
         batch = batches[k]
         inputs, masks = model_inputs(batch, device)
         with autocast(model, bf16):
-            loss = model(inputs, masks, batch["tokens"], tc.label_smoothing)
-        total += float(loss) * len(batch["ids"])
+            loss = model(inputs, masks, batch["tokens"], label_smoothing)
+        n_tokens = sum(len(t) + 1 for t in batch["tokens"])  # + the end token
+        out.append((float(loss), len(batch["ids"]), n_tokens))
     model.train()
-    return total / len(samples)
+    return out
+
+
+def validation_loss(
+    model, samples: list[Sample], vocab: Vocab, spec: BucketSpec, tc: TrainConfig, bf16: bool
+) -> float:
+    """The training loss (``tc.label_smoothing`` included, so that it compares with log.csv's)
+    on ``samples``, batch means weighted by batch size."""
+    losses = teacher_forced_losses(model, samples, vocab, spec, tc.label_smoothing, bf16, tc.seed)
+    return sum(loss * n for loss, n, _ in losses) / len(samples)
+
+
+def perplexity(model, samples: list[Sample], vocab: Vocab, spec: BucketSpec) -> float:
+    """exp of the mean negative log-likelihood per target token (end token included, no label
+    smoothing) of a seq2seq model reading ``samples`` teacher forced; bidirectional models
+    average both directions. CTC models have no per-token likelihood: ``TypeError``."""
+    if model.kind != "seq2seq":
+        raise TypeError(f"perplexity needs a seq2seq model, not a {model.kind} one")
+    losses = teacher_forced_losses(model, samples, vocab, spec, 0.0, bf16=False)
+    return math.exp(sum(loss * t for loss, _, t in losses) / sum(t for *_, t in losses))
 
 
 def tensorboard_writer(log_dir: Path):
