@@ -102,14 +102,14 @@ def latencies(model, singles: list[dict], beam: int) -> tuple[list[float], list[
 
 def bench_config(path: Path, args, samples: list[Sample], vocab: Vocab) -> dict:
     config = load_config(path)
-    mc = dict(config["model"])
+    mc = dict(config.model)
     name = mc.pop("name")
     torch.manual_seed(0)
     model = create_model(name, len(vocab), **mc)
     if model.input_kind == "image":
         model = model.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
-    pixels = config.get("data", {}).get("pixels_per_batch", BucketSpec.pixels_per_batch)
+    pixels = config.data.pixels_per_batch
     if args.quick:
         spec = BucketSpec(pixels_per_batch=2 * 64 * 256, max_batch=2)
     else:

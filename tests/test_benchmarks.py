@@ -95,3 +95,13 @@ def test_family_calibration_rate_leaves_out_the_first_steps(tmp_path):
     # A slow family logs twice in its calibration (steps 20 and 40): enough to measure.
     (tmp_path / "log.csv").write_text("\n".join(rows[:3]) + "\n")
     assert load_benchmark("families").measured_rate(tmp_path) == pytest.approx(10.0)
+
+
+def test_models_benchmark_tabulates_each_config(tmp_path):
+    models = load_benchmark("models")
+    out = tmp_path / "bench.md"
+    text = models.main(["--quick", str(ROOT / "configs" / "crnn.toml"), "--out", str(out)])
+    (line,) = [r for r in text.splitlines() if r.startswith("| crnn |")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:4] == ["crnn", "ctc", "image"] and float(cells[6].split()[0]) > 0  # samples/s
+    assert out.read_text() == text
