@@ -38,9 +38,14 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     ("argv", "tokens", "model", "score"),
     [
-        ([EXAMPLES / "example.png"], "H = - B + V", "comer-small", 0.7728),
-        ([EXAMPLES / "example.inkml", "--route", "image"], "H = - B + V", "comer-small", 0.8522),
-        ([EXAMPLES / "example.inkml"], "H = - B + V", "comer-small+strokes", 0.8984),  # fusion
+        ([EXAMPLES / "example.png"], "H = - B + v", "comer-small", 0.7008),
+        ([EXAMPLES / "example.inkml", "--route", "image"], "H = - B + v", "comer-small", 0.8351),
+        (
+            [EXAMPLES / "example.inkml"],  # fusion
+            "H = - B ^ { - 1 } V",
+            "comer-small+strokes",
+            0.9171,
+        ),
         (
             [EXAMPLES / "example.inkml", "--model", WEIGHTS_DIR / "strokes.safetensors"],
             "H = - B ^ { - 1 } V",
