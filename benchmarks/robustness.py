@@ -11,6 +11,10 @@ milliseconds include that preparation (not the drawing), as in ``hmer evaluate``
     python benchmarks/robustness.py                       # shipped image model, greedy, all 986
     python benchmarks/robustness.py --beam 10 --limit 300 --model runs/x/best.pt
     python benchmarks/robustness.py --write /tmp/crohme2014   # PNGs for `hmer recognize DIR`
+    python benchmarks/robustness.py --split val.pkl --model a.pt   # choose changes on validation
+
+Changes meant to close a style's gap are chosen with ``--split`` on validation ink (a pickle of
+samples, as ``hmer evaluate --split`` takes), never on the 2014 test set the table reports.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hmer.data.dataset import load_cached
 from hmer.data.render import ink_symbol_size
 from hmer.evaluation.evaluate import evaluate
 from hmer.recognize import Recognizer
+from hmer.training.train import load_samples
 from hmer.weights import load_any
 
 
@@ -139,7 +143,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help=".safetensors release or training .pt (default: shipped)")
     ap.add_argument("--beam", type=int, default=1)
-    ap.add_argument("--limit", type=int, default=0, help="first N test expressions (0 = all)")
+    ap.add_argument("--limit", type=int, default=0, help="first N expressions (0 = all)")
+    ap.add_argument(
+        "--split", default="2014", help="CROHME split name or .pkl of samples (default 2014)"
+    )
     ap.add_argument("--out", help="write the markdown table here too")
     ap.add_argument("--preview", help="write a PNG of one expression in every style, and stop")
     ap.add_argument(
@@ -148,7 +155,7 @@ def main() -> None:
         help="write the test set as official-like PNGs (ID.png) and truth.tsv to DIR, and stop",
     )
     args = ap.parse_args()
-    samples = load_cached("2014").samples
+    samples = load_samples(args.split)
     samples = samples[: args.limit] if args.limit else samples
     if args.preview:
         save_preview(samples[0].traces, args.preview)
@@ -159,7 +166,7 @@ def main() -> None:
 
     rec = Recognizer(*load_any(args.model))
     rows = [
-        f"model `{rec.name}`, beam {args.beam}, {len(samples)} CROHME 2014 test expressions",
+        f"model `{rec.name}`, beam {args.beam}, {len(samples)} expressions of {args.split}",
         "",
         "| bitmap style | ExpRate | ≤1 | ≤2 | ms p50 |",
         "| --- | --- | --- | --- | --- |",

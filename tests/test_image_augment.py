@@ -170,3 +170,40 @@ def test_photometric_training_augmentation_keeps_buckets(samples, vocab):
     assert float(b["inputs"].min()) >= 0.0 and float(b["inputs"].max()) <= 1.0
     again = EpochBatches(samples, vocab, BucketSpec(), 0, 3, photo_p=1.0)[0]
     assert np.array_equal(again["inputs"].numpy(), b["inputs"].numpy())  # deterministic
+
+
+def test_foreign_render_draws_varied_styles_and_reads_them_back():
+    from hmer.data.augment import ForeignRender
+    from hmer.data.images import LINE_WIDTH_RANGE, stroke_width
+
+    traces = [t * 3 for t in x_plus_one()[0]]
+    foreign = ForeignRender()
+    drawn = [foreign.draw(traces, np.random.default_rng(s)) for s in range(24)]
+    dark_paper = [float(np.median(d)) < 127 for d in drawn]
+    assert any(dark_paper) and not all(dark_paper)  # both polarities
+    assert len({d.shape for d in drawn}) > 12  # sizes vary
+    for seed in range(12):
+        out = foreign(traces, np.random.default_rng(seed), (64, 160))
+        assert out.dtype == np.uint8 and out.shape[0] <= 64 and out.shape[1] <= 160
+        assert np.median(out) == 0 and out.max() == 255  # white ink on black, as renders
+        # Thick or thin, strokes come back at about the widths training renders have.
+        assert LINE_WIDTH_RANGE[0] - 1 <= stroke_width(out > 127) <= LINE_WIDTH_RANGE[1] + 1.5
+    again = foreign(traces, np.random.default_rng(3), (64, 160))
+    assert np.array_equal(again, foreign(traces, np.random.default_rng(3), (64, 160)))
+
+
+def test_foreign_training_augmentation_keeps_buckets(samples, vocab):
+    from hmer.data.batching import BucketSpec, EpochBatches
+
+    plain = EpochBatches(samples, vocab, BucketSpec(), 0, 3)
+    foreign = EpochBatches(samples, vocab, BucketSpec(), 0, 3, foreign_p=1.0)
+    assert [b[0] for b in plain.batches] == [b[0] for b in foreign.batches]
+    a, b = plain[0], foreign[0]
+    assert a["inputs"].shape == b["inputs"].shape
+    assert not np.allclose(a["inputs"].numpy(), b["inputs"].numpy())
+    assert float(b["inputs"].min()) >= 0.0 and float(b["inputs"].max()) <= 1.0
+    again = EpochBatches(samples, vocab, BucketSpec(), 0, 3, foreign_p=1.0)[0]
+    assert np.array_equal(again["inputs"].numpy(), b["inputs"].numpy())  # deterministic
+    # Off (the default), the epoch is what it was before the option existed.
+    off = EpochBatches(samples, vocab, BucketSpec(), 0, 3, foreign_p=0.0)[0]
+    assert np.array_equal(off["inputs"].numpy(), a["inputs"].numpy())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
-from hmer.data.render import ink_symbol_size
+from hmer.data.images import normalize_bitmap
+from hmer.data.render import RenderStyle, _draw, ink_symbol_size, place_traces
 
 
 @dataclass
@@ -170,3 +173,62 @@ class ImageAugment:
         return ndimage.affine_transform(
             x, inv, offset=-inv @ shift, output_shape=(out_h, out_w), order=1, cval=0.0
         ).astype(np.float32)
+
+
+@dataclass
+class ForeignRender:
+    """Ink drawn as other tools and cameras draw it, then read back the way recognition reads a
+    bitmap (:func:`hmer.data.images.normalize_bitmap`), so that training sees what recognition
+    makes of such inputs: 1-px to 7-px lines, binary or smooth edges, any size, either polarity,
+    photo-like paper. The ranges span the styles of ``benchmarks/robustness.py``.
+    """
+
+    symbol_px: tuple[float, float] = (14.0, 48.0)  # median symbol size (half the draws), or
+    height_px: tuple[float, float] = (60.0, 220.0)  # height of the whole expression
+    line_width: tuple[float, float] = (1.0, 7.0)
+    antialias_p: float = 0.5
+    dark_ink_p: float = 0.5  # dark ink on light paper (else light on dark)
+    photo_p: float = 0.3  # uneven paper, sensor noise and JPEG
+    max_side: int = 2048
+
+    def draw(self, traces: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """The ink as a uint8 grayscale bitmap in a random foreign style."""
+        pts = np.concatenate([t[:, :2] for t in traces])
+        span = np.maximum(np.ptp(pts, axis=0), 1e-6)
+        if rng.random() < 0.5:
+            scale = float(rng.uniform(*self.symbol_px)) / ink_symbol_size(traces)
+        else:
+            scale = float(rng.uniform(*self.height_px)) / float(span[1])
+        scale = min(scale, (self.max_side - 40) / float(span.max()))
+        placed, w, h = place_traces(traces, scale, int(rng.integers(2, 21)))
+        style = RenderStyle(
+            line_width=float(rng.uniform(*self.line_width)),
+            antialias=bool(rng.random() < self.antialias_p),
+        )
+        x = _draw(placed, w, h, style).astype(np.float32) / 255.0
+        if rng.random() < self.dark_ink_p:
+            paper, ink = rng.uniform(150, 255), rng.uniform(0, 90)
+        else:
+            paper, ink = rng.uniform(0, 80), rng.uniform(160, 255)
+        if rng.random() >= self.photo_p:
+            return np.clip(paper + (ink - paper) * x, 0, 255).astype(np.uint8)
+        # Uneven lighting: a tilted plane of +-40 grey levels over the page.
+        gx, gy = rng.uniform(-40, 40, 2)
+        ramp = gx * np.linspace(-1, 1, w)[None, :] + gy * np.linspace(-1, 1, h)[:, None]
+        out = paper + ramp + (ink - paper) * x
+        out += rng.normal(0.0, rng.uniform(2, 12), out.shape)
+        return _jpeg(np.clip(out, 0, 255).astype(np.uint8), int(rng.integers(50, 91)))
+
+    def __call__(
+        self, traces: list[np.ndarray], rng: np.random.Generator, max_size: tuple[int, int]
+    ) -> np.ndarray:
+        """Draw in a foreign style and normalize as recognition does: uint8, white ink on black,
+        at most ``max_size``. Raises :class:`hmer.data.images.ImageError` when no ink survives."""
+        return normalize_bitmap(self.draw(traces, rng), max_size=max_size)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("L"))

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hmer.data.augment import ImageAugment, InkAugment
+from hmer.data.augment import ForeignRender, ImageAugment, InkAugment
 from hmer.data.dataset import Sample
+from hmer.data.images import ImageError
 from hmer.data.render import SYMBOL_PX, RenderStyle, _draw, ink_symbol_size, place_traces
 from hmer.data.vocab import Vocab
 
@@ -148,8 +149,10 @@ class EpochBatches(BucketedEpoch):
 
     With ``photo_p`` > 0 that share of the renders also gets photometric changes (thicker or
     thinner strokes, blur, faint ink, lifted background, noise) so that bitmaps drawn by other
-    tools or photographed look like something seen in training. Samples that hold an ``image``
-    (a user's bitmaps) are shown as they are, with the same share of photometric changes.
+    tools or photographed look like something seen in training. With ``foreign_p`` > 0 that share
+    of the ink is instead drawn in another tool's style and normalized as recognition normalizes a
+    bitmap (:class:`ForeignRender`). Samples that hold an ``image`` (a user's bitmaps) are shown as
+    they are, with the same share of photometric changes.
     """
 
     def __init__(
@@ -166,6 +169,7 @@ class EpochBatches(BucketedEpoch):
         rank: int = 0,
         world: int = 1,
         photo_p: float = 0.0,
+        foreign_p: float = 0.0,
     ):
         self.samples, self.vocab, self.spec = samples, vocab, spec
         self.augment = augment
@@ -173,6 +177,8 @@ class EpochBatches(BucketedEpoch):
         self.render_aug = render_aug or RenderAugment()
         self.photo_p = photo_p
         self.photo_aug = ImageAugment(geometry=False)
+        self.foreign_p = foreign_p
+        self.foreign = ForeignRender()
         self.seed, self.epoch = seed, epoch
         self.batches = self._plan(shuffle, rank, world)
 
@@ -195,13 +201,27 @@ class EpochBatches(BucketedEpoch):
         """Sample ``index`` as this epoch shows it to the model: float32, ink about 1, unpadded."""
         img = self.samples[index].image
         if img is None:
-            img = draw_plan(self._render_plan(index))
+            plan = self._render_plan(index)
+            img = self._foreign(index, plan) if self.augment and self.foreign_p > 0 else None
+            if img is None:
+                img = draw_plan(plan)
         if self.augment and self.photo_p > 0:
             # A stream of its own: the render plan (and so the buckets) stays as it was.
             rng = np.random.default_rng([self.seed, self.epoch, index, 1])
             if rng.random() < self.photo_p:
                 return self.photo_aug(img, rng)  # takes the uint8 render, gives float32
         return img.astype(np.float32) / 255.0
+
+    def _foreign(self, index: int, plan: Plan) -> np.ndarray | None:
+        """For a ``foreign_p`` share of samples, the augmented ink as recognition would see another
+        tool's drawing of it, fitted to the planned render's bucket; otherwise None."""
+        rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+        if rng.random() >= self.foreign_p:
+            return None
+        try:
+            return self.foreign(plan.traces, rng, self.spec.bucket(plan.height, plan.width))
+        except ImageError:  # nothing left that reads as ink (a lone dot drawn faint): plain render
+            return None
 
     def __getitem__(self, k: int) -> dict:
         (h, w), items = self.batches[k]
@@ -245,13 +265,15 @@ def augment_grid(
     seed: int,
     cell: tuple[int, int] = (128, 384),
     photo_p: float = 0.0,
+    foreign_p: float = 0.0,
 ) -> np.ndarray:
     """Rows of [clean render, ``variants`` augmented versions] for ``n`` random samples, uint8.
 
     Images keep their pixel size (so scale jitter shows) unless too big for a cell. Each
     augmented version is what an epoch of training shows the model (``EpochBatches.image``: ink
-    and render augmentation, and photometric changes for a ``photo_p`` share, as
-    ``data.photo_p``); version ``c`` is epoch ``c`` of a run seeded with ``seed``.
+    and render augmentation, photometric changes for a ``photo_p`` share and foreign styles for a
+    ``foreign_p`` share, as ``data.photo_p`` and ``data.foreign_p``); version ``c`` is epoch ``c``
+    of a run seeded with ``seed``.
     """
     from PIL import Image, ImageDraw
 
@@ -260,7 +282,9 @@ def augment_grid(
     chosen = rng.choice(len(samples), size=min(n, len(samples)), replace=False)
     rows = [samples[int(i)] for i in chosen]
     epochs = [
-        EpochBatches(rows, Vocab([]), spec, epoch, seed, shuffle=False, photo_p=photo_p)
+        EpochBatches(
+            rows, Vocab([]), spec, epoch, seed, shuffle=False, photo_p=photo_p, foreign_p=foreign_p
+        )
         for epoch in range(1, variants + 1)
     ]
     ch, cw = cell

@@ -159,6 +159,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of renders that also get photometric changes, as data.photo_p in a "
         "training config (default: the training default)",
     )
+    p.add_argument(
+        "--foreign-p",
+        type=float,
+        default=None,
+        help="share of the ink drawn in other tools' styles and normalized as at recognition, as "
+        "data.foreign_p (default: the training default)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_guarded(cmd_augment_grid))
 
@@ -451,16 +458,20 @@ def cmd_augment_grid(args: argparse.Namespace) -> int:
     from hmer.training.config import DataConfig
 
     photo_p = DataConfig().photo_p if args.photo_p is None else args.photo_p
-    if not 0.0 <= photo_p <= 1.0:
-        _err("--photo-p must be between 0 and 1")
-        return 2
-    grid = augment_grid(split.samples, args.n, args.variants, args.seed, photo_p=photo_p)
+    foreign_p = DataConfig().foreign_p if args.foreign_p is None else args.foreign_p
+    for flag, value in (("--photo-p", photo_p), ("--foreign-p", foreign_p)):
+        if not 0.0 <= value <= 1.0:
+            _err(f"{flag} must be between 0 and 1")
+            return 2
+    grid = augment_grid(
+        split.samples, args.n, args.variants, args.seed, photo_p=photo_p, foreign_p=foreign_p
+    )
     save_png(grid, args.output)
     rows = min(args.n, len(split.samples))
     print(
         f"wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}): {rows} expressions, clean "
         f"render then {args.variants} versions each as training epochs draw them "
-        f"(photometric changes on {photo_p:.0%})"
+        f"(photometric changes on {photo_p:.0%}, foreign styles on {foreign_p:.0%})"
     )
     return 0
 

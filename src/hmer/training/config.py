@@ -47,6 +47,7 @@ class DataConfig:
     pixels_per_batch: int = 16 * 96 * 320  # batch size per bucket shape (16 images of 96 x 320)
     augment: bool = True  # ink and render augmentation of the training batches
     photo_p: float = 0.0  # share of image renders that also get photometric changes
+    foreign_p: float = 0.0  # share drawn in other tools' styles, then normalized as at recognition
     ink_swap_p: float = 0.0  # chance that neighbouring strokes swap order (stroke models)
     ink_reverse_p: float = 0.0  # chance that a stroke is drawn end to start (stroke models)
     ink_drop_p: float = 0.0  # chance that each inner pen point is dropped
@@ -167,6 +168,7 @@ CHOICES = {
 }
 PROBABILITIES = {
     ("data", "photo_p"),
+    ("data", "foreign_p"),
     ("data", "ink_swap_p"),
     ("data", "ink_reverse_p"),
     ("data", "ink_drop_p"),

@@ -776,6 +776,7 @@ def train(
         aug_kwargs: dict = {"ink_aug": ink_aug}
         if make_batches is EpochBatches:
             aug_kwargs["photo_p"] = dc.photo_p
+            aug_kwargs["foreign_p"] = dc.foreign_p
         seed = tc.seed
         steps_per_epoch = len(
             make_batches(data.train, vocab, data.spec, 0, seed, rank=rank, world=world)
