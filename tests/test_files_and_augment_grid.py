@@ -47,16 +47,15 @@ def test_augment_grid_shows_the_training_epochs_images(samples):
         return data.image(row)
 
     chosen = [samples[int(i)] for i in np.random.default_rng(7).choice(3, 2, replace=False)]
+    grids = {}
     for photo_p, foreign_p in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)):
         grid = augment_grid(samples, 2, 2, seed=7, photo_p=photo_p, foreign_p=foreign_p)
+        grids[photo_p, foreign_p] = grid
         for r, row in enumerate(_cells(grid, 2, 3)):
             for c in (1, 2):
                 img = (np.clip(expected(photo_p, foreign_p, c, r), 0, 1) * 255).astype(np.uint8)
                 h, w = img.shape  # the tiny test expressions fit a cell unscaled
                 assert np.array_equal(row[c][:h, :w], img), (photo_p, foreign_p, r, c)
-    plain, photo, foreign = (
-        augment_grid(samples, 2, 2, seed=7, photo_p=p, foreign_p=f)
-        for p, f in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0))
-    )
+    plain, photo, foreign = grids.values()
     assert not np.array_equal(plain, photo)  # photometric changes show when training has them
     assert not np.array_equal(plain, foreign)  # and so do foreign styles
