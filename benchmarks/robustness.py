@@ -11,6 +11,8 @@ milliseconds include that preparation (not the drawing), as in ``hmer evaluate``
     python benchmarks/robustness.py                       # shipped image model, greedy, all 986
     python benchmarks/robustness.py --beam 10 --limit 300 --model runs/x/best.pt
     python benchmarks/robustness.py --write /tmp/crohme2014   # PNGs for `hmer recognize DIR`
+    python benchmarks/robustness.py --write /tmp/styles --style 6px --style photo   # DIR/6px/...
+    python benchmarks/robustness.py --style 6px --beam 10     # the reference and one style
     python benchmarks/robustness.py --split val.pkl --model a.pt   # choose changes on validation
 
 Changes meant to close a style's gap are chosen with ``--split`` on validation ink (a pickle of
@@ -37,6 +39,7 @@ from hmer.weights import load_any
 
 @dataclass
 class Style:
+    key: str  # the name --style takes
     name: str
     symbol_px: float | None = None  # scale so the median symbol is this tall, or
     height_px: float | None = None  # scale so the whole expression is this tall
@@ -48,17 +51,25 @@ class Style:
 
 
 STYLES = [
-    Style("official-like: binary, white on black, 28 px symbols, 3 px lines", symbol_px=28),
     Style(
+        "official",
+        "official-like: binary, white on black, 28 px symbols, 3 px lines",
+        symbol_px=28,
+    ),
+    Style(
+        "2px",
         "100 px high, black on white, 2 px antialiased",
         height_px=100,
         line_width=2,
         antialias=True,
         dark_ink=True,
     ),
-    Style("100 px high, white on black, 1 px binary", height_px=100, line_width=1),
-    Style("100 px high, black on white, 6 px lines", height_px=100, line_width=6, dark_ink=True),
+    Style("1px", "100 px high, white on black, 1 px binary", height_px=100, line_width=1),
     Style(
+        "6px", "100 px high, black on white, 6 px lines", height_px=100, line_width=6, dark_ink=True
+    ),
+    Style(
+        "200px",
         "200 px high, black on white, 4 px antialiased",
         height_px=200,
         line_width=4,
@@ -66,6 +77,7 @@ STYLES = [
         dark_ink=True,
     ),
     Style(
+        "photo",
         "photo-like: 150 px high, grey gradient paper, noise, JPEG",
         height_px=150,
         line_width=3,
@@ -129,17 +141,18 @@ def save_preview(traces: list[np.ndarray], path: str) -> None:
     Image.fromarray(sheet).save(path)
 
 
-def write_test_images(samples, out: Path) -> None:
-    """Official-like bitmaps and the caption-convention truth, for ``hmer recognize DIR``."""
+def write_test_images(samples, out: Path, style: Style = STYLES[0]) -> None:
+    """Bitmaps in ``style`` (official-like by default) and the caption-convention truth, for
+    ``hmer recognize DIR``."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for s in samples:
-        Image.fromarray(draw(s.traces, STYLES[0], rng)).save(out / f"{s.id}.png")
+        Image.fromarray(draw(s.traces, style, rng)).save(out / f"{s.id}.png")
     (out / "truth.tsv").write_text("".join(f"{s.id}\t{' '.join(s.tokens)}\n" for s in samples))
-    print(f"wrote {len(samples)} images and truth.tsv to {out}")
+    print(f"wrote {len(samples)} images ({style.key}) and truth.tsv to {out}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help=".safetensors release or training .pt (default: shipped)")
     ap.add_argument("--beam", type=int, default=1)
@@ -152,16 +165,28 @@ def main() -> None:
     ap.add_argument(
         "--write",
         metavar="DIR",
-        help="write the test set as official-like PNGs (ID.png) and truth.tsv to DIR, and stop",
+        help="write the test set as PNGs (ID.png) and truth.tsv to DIR, and stop: official-like,"
+        " or each --style in DIR/STYLE/",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--style",
+        action="append",
+        choices=[s.key for s in STYLES],
+        help="only this style (repeatable; default: every style in the table)",
+    )
+    args = ap.parse_args(argv)
+    chosen = [s for s in STYLES if args.style is None or s.key in args.style]
     samples = load_samples(args.split)
     samples = samples[: args.limit] if args.limit else samples
     if args.preview:
         save_preview(samples[0].traces, args.preview)
         return
     if args.write:
-        write_test_images(samples, Path(args.write))
+        if args.style is None:
+            write_test_images(samples, Path(args.write))
+        else:
+            for style in chosen:
+                write_test_images(samples, Path(args.write) / style.key, style)
         return
 
     rec = Recognizer(*load_any(args.model))
@@ -172,7 +197,7 @@ def main() -> None:
         "| --- | --- | --- | --- | --- |",
     ]
     # hmer's own renderer, decoded directly: the reference the other rows are compared with
-    styles: list[Style | None] = [None, *STYLES]
+    styles: list[Style | None] = [None, *chosen]
     for style in styles:
         rng = np.random.default_rng(0)
         drawn = None

@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hmer.data.dataset import default_data_dir
@@ -62,6 +63,50 @@ def test_throughput_benchmark_times_batches_and_workers(tmp_path):
     assert [(r["batch"], r["jobs"]) for r in rows] == [(1, 1), (2, 1)]
     assert all(r["files"] == 4 and r["files_per_s"] > 0 and 0 <= r["exprate"] <= 100 for r in rows)
     assert rows[0]["same_as_reference"] == 100.0 and rows[1]["same_as_reference"] == 100.0
+
+
+def test_robustness_writes_each_style_and_tabulates_the_chosen_ones(tmp_path, capsys):
+    """Every style draws ink that recognition reads back, --write puts each chosen style in its
+    own folder with the truth, and the table has the reference row plus the chosen styles."""
+    import pickle
+
+    from inks import EXPRESSIONS, write
+    from PIL import Image
+    from serve_helpers import tiny_image_release
+
+    from hmer.data.dataset import Sample
+    from hmer.data.images import prepare_image
+
+    robustness = load_benchmark("robustness")
+    samples = [Sample(f"e{i}", write(t), t) for i, t in enumerate(EXPRESSIONS)]
+    split = tmp_path / "split.pkl"
+    split.write_bytes(pickle.dumps(samples))
+    out = tmp_path / "styles"
+    robustness.main(
+        ["--split", str(split), "--write", str(out), "--style", "6px", "--style", "1px"]
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["1px", "6px"]
+    for key in ("1px", "6px"):
+        assert sorted(p.name for p in (out / key).glob("*.png")) == ["e0.png", "e1.png", "e2.png"]
+        truth = (out / key / "truth.tsv").read_text().splitlines()
+        assert truth[0] == "e0\tx + 1"
+    thick = np.asarray(Image.open(out / "6px" / "e0.png"))
+    assert np.median(thick) == 255 and thick.min() == 0  # black ink on white paper
+    for style in robustness.STYLES:
+        bitmap = robustness.draw(samples[0].traces, style, np.random.default_rng(0))
+        prepared = prepare_image(bitmap, style.key)
+        assert prepared.dtype == np.uint8 and (prepared > 127).any()
+
+    model = tiny_image_release(tmp_path / "tiny.safetensors")
+    table = tmp_path / "table.md"
+    robustness.main(
+        ["--split", str(split), "--model", model, "--style", "photo", "--out", str(table)]
+    )
+    rows = [r for r in table.read_text().splitlines() if r.startswith("| ") and "---" not in r]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| hmer's renderer (training style; reference)",
+        "| photo-like: 150 px high, grey gradient paper, noise, JPEG",
+    ]
 
 
 @pytest.mark.skipif(not HAVE_CROHME, reason="CROHME data not available")
