@@ -65,7 +65,7 @@ def test_throughput_benchmark_times_batches_and_workers(tmp_path):
     assert rows[0]["same_as_reference"] == 100.0 and rows[1]["same_as_reference"] == 100.0
 
 
-def test_robustness_writes_each_style_and_tabulates_the_chosen_ones(tmp_path, capsys):
+def test_robustness_writes_each_style_and_tabulates_the_chosen_ones(tmp_path):
     """Every style draws ink that recognition reads back, --write puts each chosen style in its
     own folder with the truth, and the table has the reference row plus the chosen styles."""
     import pickle
