@@ -217,6 +217,10 @@ def test_augment_grid(prepared, tmp_path, capsys):
     assert grid.ndim == 2 and grid.shape[1] > 3 * 128 and grid.shape[0] > 2 * 100
     assert run(capsys, *argv)[0] == 0
     assert out_png.read_bytes() == first  # same seed, same picture
+    thick = [*argv, "--foreign-p", "1", "--foreign-line-ratio", "0.4"]
+    assert run(capsys, *thick)[0] == 0 and out_png.read_bytes() != first
+    code, _, err = run(capsys, *argv, "--foreign-line-ratio", "0.01")
+    assert code == 2 and "--foreign-line-ratio must be 0, or above 0.025" in err
 
 
 def test_check_normalization(prepared, capsys):

@@ -60,6 +60,8 @@ def test_unknown_keys_and_wrong_types_are_refused_by_name():
         ({**base, "data": {"augment": 1}}, "data.augment must be true or false"),
         ({**base, "data": {"photo_p": 1.5}}, "data.photo_p is a probability"),
         ({**base, "data": {"val_split": "writer"}}, "data.val_split must be one of"),
+        ({**base, "data": {"foreign_line_ratio": 0.01}}, "data.foreign_line_ratio must be 0, or"),
+        ({**base, "data": {"foreign_line_ratio": 1.5}}, "data.foreign_line_ratio must be 0, or"),
         ({**base, "data": {"extra_train": "a.pkl"}}, "data.extra_train must be a list"),
         ({"model": {"name": "transformr"}}, "did you mean transformer?"),
         ({"model": {"name": "transformer", "d_modl": 8}}, "model.d_modl for family"),

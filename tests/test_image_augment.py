@@ -192,6 +192,27 @@ def test_foreign_render_draws_varied_styles_and_reads_them_back():
     assert np.array_equal(again, foreign(traces, np.random.default_rng(3), (64, 160)))
 
 
+def test_foreign_render_line_ratio_sizes_the_pen_to_the_symbols(monkeypatch):
+    from hmer.data import augment
+    from hmer.data.render import ink_symbol_size
+
+    seen: list[float] = []  # pen width / median symbol height of each drawing
+
+    def spy(placed, w, h, style):
+        seen.append(style.line_width / ink_symbol_size(placed))
+        return np.zeros((h, w), np.uint8)
+
+    monkeypatch.setattr(augment, "_draw", spy)
+    traces = [t * 3 for t in x_plus_one()[0]]
+    for render in (augment.ForeignRender(), augment.ForeignRender(line_ratio=0.4)):
+        for s in range(200):
+            render.draw(traces, np.random.default_rng(s))
+    default, relative = np.array(seen[:200]), np.array(seen[200:])
+    assert relative.min() >= augment.LINE_RATIO_MIN * 0.99 and relative.max() <= 0.4 * 1.01
+    assert (relative >= 0.3).mean() > 2 * (default >= 0.3).mean()  # thick pens: far more often
+    assert 0.08 < np.median(relative) < 0.12  # the log-uniform median, sqrt(0.025 * 0.4)
+
+
 def test_foreign_training_augmentation_keeps_buckets(samples, vocab):
     from hmer.data.batching import BucketSpec, EpochBatches
 

@@ -175,12 +175,19 @@ class ImageAugment:
         ).astype(np.float32)
 
 
+LINE_RATIO_MIN = 0.025  # a 1-px pen on 40-px symbols, as thin as robustness.py's 1-px style
+
+
 @dataclass
 class ForeignRender:
     """Ink drawn as other tools and cameras draw it, then read back the way recognition reads a
     bitmap (:func:`hmer.data.images.normalize_bitmap`), so that training sees what recognition
     makes of such inputs: 1-px to 7-px lines, binary or smooth edges, any size, either polarity,
     photo-like paper. The ranges span the styles of ``benchmarks/robustness.py``.
+
+    With ``line_ratio`` > 0 the pen width is instead a share of the drawn median symbol height,
+    log-uniform from ``LINE_RATIO_MIN`` to ``line_ratio``: a thick marker on small glyphs fills
+    their loops, which a width in pixels drawn whatever the size seldom shows.
     """
 
     symbol_px: tuple[float, float] = (14.0, 48.0)  # median symbol size (half the draws), or
@@ -190,19 +197,26 @@ class ForeignRender:
     dark_ink_p: float = 0.5  # dark ink on light paper (else light on dark)
     photo_p: float = 0.3  # uneven paper, sensor noise and JPEG
     max_side: int = 2048
+    line_ratio: float = 0.0
 
     def draw(self, traces: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
         """The ink as a uint8 grayscale bitmap in a random foreign style."""
         pts = np.concatenate([t[:, :2] for t in traces])
         span = np.maximum(np.ptp(pts, axis=0), 1e-6)
+        symbol = ink_symbol_size(traces)
         if rng.random() < 0.5:
-            scale = float(rng.uniform(*self.symbol_px)) / ink_symbol_size(traces)
+            scale = float(rng.uniform(*self.symbol_px)) / symbol
         else:
             scale = float(rng.uniform(*self.height_px)) / float(span[1])
         scale = min(scale, (self.max_side - 40) / float(span.max()))
         placed, w, h = place_traces(traces, scale, int(rng.integers(2, 21)))
+        if self.line_ratio > 0:
+            ratio = np.exp(rng.uniform(np.log(LINE_RATIO_MIN), np.log(self.line_ratio)))
+            line_width = max(1.0, float(ratio * symbol * scale))
+        else:
+            line_width = float(rng.uniform(*self.line_width))
         style = RenderStyle(
-            line_width=float(rng.uniform(*self.line_width)),
+            line_width=line_width,
             antialias=bool(rng.random() < self.antialias_p),
         )
         x = _draw(placed, w, h, style).astype(np.float32) / 255.0

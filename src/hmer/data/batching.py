@@ -151,8 +151,9 @@ class EpochBatches(BucketedEpoch):
     thinner strokes, blur, faint ink, lifted background, noise) so that bitmaps drawn by other
     tools or photographed look like something seen in training. With ``foreign_p`` > 0 that share
     of the ink is instead drawn in another tool's style and normalized as recognition normalizes a
-    bitmap (:class:`ForeignRender`). Samples that hold an ``image`` (a user's bitmaps) are shown as
-    they are, with the same share of photometric changes.
+    bitmap (:class:`ForeignRender`, whose ``line_ratio`` is ``foreign_line_ratio``). Samples that
+    hold an ``image`` (a user's bitmaps) are shown as they are, with the same share of
+    photometric changes.
     """
 
     def __init__(
@@ -170,6 +171,7 @@ class EpochBatches(BucketedEpoch):
         world: int = 1,
         photo_p: float = 0.0,
         foreign_p: float = 0.0,
+        foreign_line_ratio: float = 0.0,
     ):
         self.samples, self.vocab, self.spec = samples, vocab, spec
         self.augment = augment
@@ -178,7 +180,7 @@ class EpochBatches(BucketedEpoch):
         self.photo_p = photo_p
         self.photo_aug = ImageAugment(geometry=False)
         self.foreign_p = foreign_p
-        self.foreign = ForeignRender()
+        self.foreign = ForeignRender(line_ratio=foreign_line_ratio)
         self.seed, self.epoch = seed, epoch
         self.batches = self._plan(shuffle, rank, world)
 
@@ -266,14 +268,15 @@ def augment_grid(
     cell: tuple[int, int] = (128, 384),
     photo_p: float = 0.0,
     foreign_p: float = 0.0,
+    foreign_line_ratio: float = 0.0,
 ) -> np.ndarray:
     """Rows of [clean render, ``variants`` augmented versions] for ``n`` random samples, uint8.
 
     Images keep their pixel size (so scale jitter shows) unless too big for a cell. Each
     augmented version is what an epoch of training shows the model (``EpochBatches.image``: ink
     and render augmentation, photometric changes for a ``photo_p`` share and foreign styles for a
-    ``foreign_p`` share, as ``data.photo_p`` and ``data.foreign_p``); version ``c`` is epoch ``c``
-    of a run seeded with ``seed``.
+    ``foreign_p`` share, as ``data.photo_p``, ``data.foreign_p`` and ``data.foreign_line_ratio``);
+    version ``c`` is epoch ``c`` of a run seeded with ``seed``.
     """
     from PIL import Image, ImageDraw
 
@@ -283,7 +286,15 @@ def augment_grid(
     rows = [samples[int(i)] for i in chosen]
     epochs = [
         EpochBatches(
-            rows, Vocab([]), spec, epoch, seed, shuffle=False, photo_p=photo_p, foreign_p=foreign_p
+            rows,
+            Vocab([]),
+            spec,
+            epoch,
+            seed,
+            shuffle=False,
+            photo_p=photo_p,
+            foreign_p=foreign_p,
+            foreign_line_ratio=foreign_line_ratio,
         )
         for epoch in range(1, variants + 1)
     ]

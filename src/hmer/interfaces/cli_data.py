@@ -166,6 +166,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of the ink drawn in other tools' styles and normalized as at recognition, as "
         "data.foreign_p (default: the training default)",
     )
+    p.add_argument(
+        "--foreign-line-ratio",
+        type=float,
+        default=0.0,
+        help="foreign styles' pen width up to this share of the symbol height, as "
+        "data.foreign_line_ratio (default 0: 1-7 px)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=_guarded(cmd_augment_grid))
 
@@ -463,8 +470,19 @@ def cmd_augment_grid(args: argparse.Namespace) -> int:
         if not 0.0 <= value <= 1.0:
             _err(f"{flag} must be between 0 and 1")
             return 2
+    from hmer.data.augment import LINE_RATIO_MIN
+
+    if not (args.foreign_line_ratio == 0 or LINE_RATIO_MIN < args.foreign_line_ratio <= 1):
+        _err(f"--foreign-line-ratio must be 0, or above {LINE_RATIO_MIN} up to 1")
+        return 2
     grid = augment_grid(
-        split.samples, args.n, args.variants, args.seed, photo_p=photo_p, foreign_p=foreign_p
+        split.samples,
+        args.n,
+        args.variants,
+        args.seed,
+        photo_p=photo_p,
+        foreign_p=foreign_p,
+        foreign_line_ratio=args.foreign_line_ratio,
     )
     save_png(grid, args.output)
     rows = min(args.n, len(split.samples))

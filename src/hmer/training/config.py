@@ -48,6 +48,9 @@ class DataConfig:
     augment: bool = True  # ink and render augmentation of the training batches
     photo_p: float = 0.0  # share of image renders that also get photometric changes
     foreign_p: float = 0.0  # share drawn in other tools' styles, then normalized as at recognition
+    # > 0: their pen width a share of the symbol height, log-uniform from 0.025 up to this
+    # (0: 1-7 px whatever the size)
+    foreign_line_ratio: float = 0.0
     ink_swap_p: float = 0.0  # chance that neighbouring strokes swap order (stroke models)
     ink_reverse_p: float = 0.0  # chance that a stroke is drawn end to start (stroke models)
     ink_drop_p: float = 0.0  # chance that each inner pen point is dropped
@@ -310,6 +313,13 @@ def _section(name: str, raw, kind: type | None = None):
             raise ConfigError(f"{where} must be at least 1, not {value!r}")
         if (name, key) in FACTORS and not 0.0 < value < 1.0:
             raise ConfigError(f"{where} must be between 0 and 1 (exclusive), not {value!r}")
+        if (name, key) == ("data", "foreign_line_ratio"):
+            from hmer.data.augment import LINE_RATIO_MIN  # numpy and scipy: only when asked
+
+            if not (value == 0 or LINE_RATIO_MIN < value <= 1):
+                raise ConfigError(
+                    f"{where} must be 0, or above {LINE_RATIO_MIN} up to 1, not {value!r}"
+                )
         if (name, key) == ("train", "device") and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
             raise ConfigError(f'{where} must be "cpu", "cuda" or "cuda:N", not {value!r}')
         values[key] = value

@@ -777,6 +777,7 @@ def train(
         if make_batches is EpochBatches:
             aug_kwargs["photo_p"] = dc.photo_p
             aug_kwargs["foreign_p"] = dc.foreign_p
+            aug_kwargs["foreign_line_ratio"] = dc.foreign_line_ratio
         seed = tc.seed
         steps_per_epoch = len(
             make_batches(data.train, vocab, data.spec, 0, seed, rank=rank, world=world)
