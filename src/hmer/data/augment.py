@@ -178,6 +178,12 @@ class ImageAugment:
 LINE_RATIO_MIN = 0.025  # a 1-px pen on 40-px symbols, as thin as robustness.py's 1-px style
 
 
+def valid_line_ratio(value: float) -> bool:
+    """Whether ``value`` can be :class:`ForeignRender`'s ``line_ratio``: 0 (off), or above
+    ``LINE_RATIO_MIN`` up to 1."""
+    return value == 0 or LINE_RATIO_MIN < value <= 1
+
+
 @dataclass
 class ForeignRender:
     """Ink drawn as other tools and cameras draw it, then read back the way recognition reads a

@@ -470,9 +470,9 @@ def cmd_augment_grid(args: argparse.Namespace) -> int:
         if not 0.0 <= value <= 1.0:
             _err(f"{flag} must be between 0 and 1")
             return 2
-    from hmer.data.augment import LINE_RATIO_MIN
+    from hmer.data.augment import LINE_RATIO_MIN, valid_line_ratio
 
-    if not (args.foreign_line_ratio == 0 or LINE_RATIO_MIN < args.foreign_line_ratio <= 1):
+    if not valid_line_ratio(args.foreign_line_ratio):
         _err(f"--foreign-line-ratio must be 0, or above {LINE_RATIO_MIN} up to 1")
         return 2
     grid = augment_grid(

@@ -314,9 +314,10 @@ def _section(name: str, raw, kind: type | None = None):
         if (name, key) in FACTORS and not 0.0 < value < 1.0:
             raise ConfigError(f"{where} must be between 0 and 1 (exclusive), not {value!r}")
         if (name, key) == ("data", "foreign_line_ratio"):
-            from hmer.data.augment import LINE_RATIO_MIN  # numpy and scipy: only when asked
+            # numpy and scipy: only when asked
+            from hmer.data.augment import LINE_RATIO_MIN, valid_line_ratio
 
-            if not (value == 0 or LINE_RATIO_MIN < value <= 1):
+            if not valid_line_ratio(value):
                 raise ConfigError(
                     f"{where} must be 0, or above {LINE_RATIO_MIN} up to 1, not {value!r}"
                 )
